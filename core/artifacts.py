@@ -1,0 +1,59 @@
+"""Model directories: the artifact every stage hands to the next.
+
+A trained model is a directory holding ``model.safetensors`` (or ``model.onnx``),
+``config.json`` (what is needed to rebuild the network), ``metrics.json`` and
+``model_card.md``. It is written atomically (:mod:`core.atomic`) and read without unpickling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.atomic import atomic_dir
+from core.errors import ModelLoadError
+from core.serialization import tensors_for_safetensors
+
+REQUIRED = ("config.json",)
+
+
+def save_model_dir(out: str | os.PathLike[str], model: torch.nn.Module, config: dict[str, Any],
+                   metrics: dict[str, Any], card: str) -> Path:
+    """Write ``out`` atomically with weights, config, metrics and model card."""
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        save_file(tensors_for_safetensors(model.state_dict()), str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (tmp / "model_card.md").write_text(card)
+    return out
+
+
+def read_model_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a model directory, with errors that name the missing piece."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelLoadError("model directory does not exist", where=str(path),
+                             fix="pass the directory a training run wrote")
+    cfg_path, weights = path / "config.json", path / "model.safetensors"
+    for f in (cfg_path, weights):
+        if not f.is_file():
+            raise ModelLoadError(f"model directory lacks {f.name}", where=str(path),
+                                 fix="re-run training or export into this directory")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"config.json is not valid JSON ({exc})", where=str(cfg_path),
+                             fix="restore the file from the training run") from exc
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(f"weights cannot be read ({exc})", where=str(weights),
+                             fix="the file is corrupt; re-run training or restore it") from exc
+    return config, state
