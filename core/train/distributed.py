@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import datetime
 import os
+import shutil
 import socket
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,6 +26,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core.errors import DistributedError
+from core.serialization import load_tree, save_tree
 
 
 @dataclass(frozen=True)
@@ -86,13 +90,13 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue: Any,
-            env: dict[str, str]) -> None:
+            env: dict[str, str], out_dir: str) -> None:
     os.environ.update(env)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
     try:
-        result = fn(*args)
-        queue.put((rank, True, result))
+        save_tree(fn(*args), Path(out_dir) / f"rank{rank}")
+        queue.put((rank, True, None))
     except BaseException:
         queue.put((rank, False, traceback.format_exc()))
         raise
@@ -105,13 +109,16 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any,
                  env: dict[str, str] | None = None, timeout_s: float = 600) -> list[Any]:
     """Run ``fn(*args)`` in ``world_size`` spawned processes as a torchrun job would.
 
-    ``fn`` must be importable (module-level). Returns each rank's return value, rank order.
-    A failure in any rank raises DistributedError carrying that rank's traceback.
+    ``fn`` must be importable (module-level) and return a tree of tensors, arrays, scalars and
+    strings (it travels through :func:`core.serialization.save_tree`, not shared memory, so it
+    outlives the worker). Returns each rank's value, rank order. A failure in any rank raises
+    DistributedError carrying that rank's traceback.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, env or {}))
+    out_dir = tempfile.mkdtemp(prefix="dv-launch-")
+    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, env or {}, out_dir))
              for r in range(world_size)]
     for p in procs:
         p.start()
@@ -128,13 +135,14 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any,
             continue
         rank, ok, value = queue.get()
         if ok:
-            results[rank] = value
+            results[rank] = load_tree(Path(out_dir) / f"rank{rank}")
         else:
             errors.append(f"rank {rank}:\n{value}")
     for p in procs:
         p.join(5)
         if p.is_alive():
             p.kill()
+    shutil.rmtree(out_dir, ignore_errors=True)
     if errors:
         raise DistributedError("a local worker failed", fix="see the traceback:\n" + "\n".join(errors))
     if len(results) != world_size:

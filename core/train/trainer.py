@@ -30,6 +30,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -452,7 +453,10 @@ class Trainer:
                     where=f"epoch {self.epoch}, step {self.global_step + 1}",
                     fix="lower the learning rate, enable grad_clip_norm, use bf16 instead of fp16, "
                         "or check the data for NaN/inf")
-        self.scheduler.step()
+        with warnings.catch_warnings():
+            # A skipped first step makes torch warn about call order; the schedule stays aligned.
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
         if self.comm_hook is not None:
