@@ -23,8 +23,13 @@ from core.serialization import tensors_for_safetensors
 REQUIRED = ("config.json",)
 
 
-def save_model_dir(out: str | os.PathLike[str], model: torch.nn.Module, config: dict[str, Any],
-                   metrics: dict[str, Any], card: str) -> Path:
+def save_model_dir(
+    out: str | os.PathLike[str],
+    model: torch.nn.Module,
+    config: dict[str, Any],
+    metrics: dict[str, Any],
+    card: str,
+) -> Path:
     """Write ``out`` atomically with weights, config, metrics and model card."""
     out = Path(out)
     with atomic_dir(out) as tmp:
@@ -39,21 +44,33 @@ def read_model_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     """``(config, state_dict)`` of a model directory, with errors that name the missing piece."""
     path = Path(path)
     if not path.is_dir():
-        raise ModelLoadError("model directory does not exist", where=str(path),
-                             fix="pass the directory a training run wrote")
+        raise ModelLoadError(
+            "model directory does not exist",
+            where=str(path),
+            fix="pass the directory a training run wrote",
+        )
     cfg_path, weights = path / "config.json", path / "model.safetensors"
     for f in (cfg_path, weights):
         if not f.is_file():
-            raise ModelLoadError(f"model directory lacks {f.name}", where=str(path),
-                                 fix="re-run training or export into this directory")
+            raise ModelLoadError(
+                f"model directory lacks {f.name}",
+                where=str(path),
+                fix="re-run training or export into this directory",
+            )
     try:
         config = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
-        raise ModelLoadError(f"config.json is not valid JSON ({exc})", where=str(cfg_path),
-                             fix="restore the file from the training run") from exc
+        raise ModelLoadError(
+            f"config.json is not valid JSON ({exc})",
+            where=str(cfg_path),
+            fix="restore the file from the training run",
+        ) from exc
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise ModelLoadError(f"weights cannot be read ({exc})", where=str(weights),
-                             fix="the file is corrupt; re-run training or restore it") from exc
+        raise ModelLoadError(
+            f"weights cannot be read ({exc})",
+            where=str(weights),
+            fix="the file is corrupt; re-run training or restore it",
+        ) from exc
     return config, state

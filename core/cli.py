@@ -24,7 +24,9 @@ app = typer.Typer(help="DeepVerticals core commands.", no_args_is_help=True, add
 
 
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
     setup_logging(verbose)
 
 
@@ -39,24 +41,37 @@ def train(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="where checkpoints go")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N optimizer steps")] = 0,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint directory")] = None,
-    nproc: Annotated[int, typer.Option(help="local processes (DDP); >1 relaunches under torchrun")] = 1,
+    nproc: Annotated[
+        int, typer.Option(help="local processes (DDP); >1 relaunches under torchrun")
+    ] = 1,
     comm_hook: Annotated[str, typer.Option(help="none | fp16 | bf16 | powersgd | topk")] = "none",
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
     track: Annotated[bool, typer.Option(help="track the run in MLflow")] = False,
 ) -> None:
     """Train a reference task through the engine and print its test metrics."""
     if task != "digits":
-        raise ConfigError(f"unknown task {task!r}", fix="the core reference task is 'digits'; "
-                          "domain pipelines have their own CLIs (vision-qc, ...)")
+        raise ConfigError(
+            f"unknown task {task!r}",
+            fix="the core reference task is 'digits'; "
+            "domain pipelines have their own CLIs (vision-qc, ...)",
+        )
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         args = [a for a in sys.argv[1:]]
         i = args.index("--nproc") if "--nproc" in args else None
         if i is not None:
-            del args[i:i + 2]
+            del args[i : i + 2]
         else:
             args = [a for a in args if not a.startswith("--nproc=")]
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "core.cli", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "core.cli",
+            *args,
+        ]
         raise typer.Exit(subprocess.call(cmd))
 
     from core.reference.digits import DigitsConfig, default_trainer_config, train_digits
@@ -72,14 +87,26 @@ def train(
     tcfg["checkpoint"] = tcfg["checkpoint"] | {
         "dir": str(checkpoint_dir) if checkpoint_dir else tcfg["checkpoint"].get("dir"),
         "every_n_steps": checkpoint_every or tcfg["checkpoint"].get("every_n_steps", 0),
-        "resume": resume}
+        "resume": resume,
+    }
     tcfg["distributed"] = tcfg["distributed"] | {"comm_hook": comm_hook}
-    cfg = DigitsConfig(out_dir=str(out) if out else None, seed=seed, trainer=TrainerConfig.from_dict(tcfg))
+    cfg = DigitsConfig(
+        out_dir=str(out) if out else None, seed=seed, trainer=TrainerConfig.from_dict(tcfg)
+    )
     result, trainer, test = train_digits(cfg)
     if trainer.is_main:
-        print(json.dumps({"test": test, "global_step": result.global_step,
-                          "resumed_from": result.resumed_from, "elapsed_s": round(result.elapsed_s, 2),
-                          "comm_bytes_per_step": result.comm_bytes_per_step}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "test": test,
+                    "global_step": result.global_step,
+                    "resumed_from": result.resumed_from,
+                    "elapsed_s": round(result.elapsed_s, 2),
+                    "comm_bytes_per_step": result.comm_bytes_per_step,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

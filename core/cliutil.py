@@ -52,8 +52,13 @@ def read_json_config(path: Path | None) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise ConfigError("config file not found", where=str(path), fix="check the path") from exc
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file is not valid JSON ({exc.msg}, line {exc.lineno})",
-                          where=str(path), fix="fix the JSON syntax") from exc
+        raise ConfigError(
+            f"config file is not valid JSON ({exc.msg}, line {exc.lineno})",
+            where=str(path),
+            fix="fix the JSON syntax",
+        ) from exc
     if not isinstance(data, dict):
-        raise ConfigError("config file must hold a JSON object", where=str(path), fix="wrap it in {...}")
+        raise ConfigError(
+            "config file must hold a JSON object", where=str(path), fix="wrap it in {...}"
+        )
     return data

@@ -28,8 +28,11 @@ KILL_AT_STEP = 100  # epoch 2 of 8 (40 steps per epoch), 2 steps after the check
 
 
 def _child(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.reference.demo", "--child", *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "core.reference.demo", "--child", *args],
+        capture_output=True,
+        text=True,
+    )
 
 
 def child_main(argv: list[str]) -> None:
@@ -54,9 +57,17 @@ def child_main(argv: list[str]) -> None:
     tcfg.checkpoint.dir = ckpt_dir
     tcfg.checkpoint.every_n_steps = 14
     tcfg.checkpoint.resume = "auto" if resume else None
-    result, trainer, test = train_digits(DigitsConfig(out_dir=out, trainer=tcfg), [Kill()])
-    print(json.dumps({"accuracy": test["test/accuracy"], "steps": result.global_step,
-                      "resumed_from": result.resumed_from, "elapsed_s": result.elapsed_s}))
+    result, _trainer, test = train_digits(DigitsConfig(out_dir=out, trainer=tcfg), [Kill()])
+    print(
+        json.dumps(
+            {
+                "accuracy": test["test/accuracy"],
+                "steps": result.global_step,
+                "resumed_from": result.resumed_from,
+                "elapsed_s": result.elapsed_s,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -91,7 +102,9 @@ def main() -> None:
     table.add_row("optimizer steps", str(f["steps"]))
     table.add_row("killed (SIGKILL) at step", str(KILL_AT_STEP))
     table.add_row("resumed from", str(f["resumed_from"]).replace(str(root) + "/", ""))
-    table.add_row("weights bit-identical to uninterrupted", "[green]yes[/]" if identical else "[red]NO[/]")
+    table.add_row(
+        "weights bit-identical to uninterrupted", "[green]yes[/]" if identical else "[red]NO[/]"
+    )
     table.add_row("model directory", str(root / "model"))
     table.add_row("wall time", f"{time.perf_counter() - t0:.1f} s")
     console.print(table)

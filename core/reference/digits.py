@@ -34,9 +34,13 @@ def load_digits_splits(size: int = 8, seed: int = 0) -> dict[str, TensorDataset]
     y = torch.from_numpy(digits.target.astype(np.int64))
     idx = np.arange(len(y))
     train_idx, rest = train_test_split(idx, test_size=0.3, stratify=y.numpy(), random_state=seed)
-    val_idx, test_idx = train_test_split(rest, test_size=0.5, stratify=y.numpy()[rest], random_state=seed)
-    return {name: TensorDataset(x[i], y[i]) for name, i in
-            (("train", train_idx), ("val", val_idx), ("test", test_idx))}
+    val_idx, test_idx = train_test_split(
+        rest, test_size=0.5, stratify=y.numpy()[rest], random_state=seed
+    )
+    return {
+        name: TensorDataset(x[i], y[i])
+        for name, i in (("train", train_idx), ("val", val_idx), ("test", test_idx))
+    }
 
 
 class DigitsCNN(nn.Module):
@@ -45,10 +49,15 @@ class DigitsCNN(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width * 2, 3, padding=1, bias=False), nn.BatchNorm2d(width * 2),
-            nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False), nn.BatchNorm2d(width * 2),
+            nn.Conv2d(1, width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(width, width * 2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width * 2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width * 2, width * 2, 3, padding=1, bias=False),
+            nn.BatchNorm2d(width * 2),
             nn.ReLU(inplace=True),
         )
         self.head = nn.Linear(width * 2, num_classes)
@@ -59,8 +68,12 @@ class DigitsCNN(nn.Module):
 
 def default_trainer_config() -> TrainerConfig:
     """Settings that reach >= 95% test accuracy on 2 CPU cores in well under a minute."""
-    return TrainerConfig(max_epochs=8, batch_size=32, optimizer={"name": "adamw", "lr": 3e-3,
-                         "weight_decay": 1e-4}, schedule={"name": "cosine", "warmup_steps": 20})
+    return TrainerConfig(
+        max_epochs=8,
+        batch_size=32,
+        optimizer={"name": "adamw", "lr": 3e-3, "weight_decay": 1e-4},
+        schedule={"name": "cosine", "warmup_steps": 20},
+    )
 
 
 @dataclass
@@ -79,7 +92,9 @@ class DigitsConfig:
         self.trainer.seed = self.seed
 
 
-def train_digits(cfg: DigitsConfig, callbacks: list[Callback] | None = None) -> tuple[FitResult, Trainer, dict[str, Any]]:
+def train_digits(
+    cfg: DigitsConfig, callbacks: list[Callback] | None = None
+) -> tuple[FitResult, Trainer, dict[str, Any]]:
     """Train the digits CNN; returns ``(fit result, trainer, test metrics)`` and writes ``out_dir``."""
     splits = load_digits_splits(cfg.size, cfg.seed)
     seed_everything(cfg.seed)
@@ -88,10 +103,16 @@ def train_digits(cfg: DigitsConfig, callbacks: list[Callback] | None = None) -> 
     result = trainer.fit(splits["train"], splits["val"])
     test = trainer.evaluate(splits["test"], prefix="test")
     if cfg.out_dir and trainer.is_main:
-        card = (f"# DigitsCNN\n\nTrained by `core.reference.digits` on scikit-learn digits "
-                f"({len(splits['train'])} train images, {cfg.size}x{cfg.size}).\n\n"
-                f"Test accuracy: {test['test/accuracy']:.4f}\n")
-        save_model_dir(Path(cfg.out_dir), trainer.eval_model if trainer.ema else trainer.model,
-                       {"task": "digits", "size": cfg.size, "width": cfg.width, "num_classes": 10},
-                       {**test, **result.final_metrics, "global_step": result.global_step}, card)
+        card = (
+            f"# DigitsCNN\n\nTrained by `core.reference.digits` on scikit-learn digits "
+            f"({len(splits['train'])} train images, {cfg.size}x{cfg.size}).\n\n"
+            f"Test accuracy: {test['test/accuracy']:.4f}\n"
+        )
+        save_model_dir(
+            Path(cfg.out_dir),
+            trainer.eval_model if trainer.ema else trainer.model,
+            {"task": "digits", "size": cfg.size, "width": cfg.width, "num_classes": 10},
+            {**test, **result.final_metrics, "global_step": result.global_step},
+            card,
+        )
     return result, trainer, test

@@ -60,27 +60,42 @@ class ProgressCallback(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if not trainer.is_main or self.mode != "rich":
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), transient=False,
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            transient=False,
         )
         self._progress.start()
-        self._task = self._progress.add_task("train", total=trainer.total_steps,
-                                             completed=trainer.global_step, stats="")
+        self._task = self._progress.add_task(
+            "train", total=trainer.total_steps, completed=trainer.global_step, stats=""
+        )
 
     def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
         if not trainer.is_main:
             return
-        stats = (f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  "
-                 f"{logs.get('samples_per_s', 0.0):.0f} samples/s")
+        stats = (
+            f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  "
+            f"{logs.get('samples_per_s', 0.0):.0f} samples/s"
+        )
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stats=stats)
-        elif self.mode == "plain" and (step % trainer.config.log_every_n_steps == 0
-                                       or step == trainer.total_steps):
+        elif self.mode == "plain" and (
+            step % trainer.config.log_every_n_steps == 0 or step == trainer.total_steps
+        ):
             log.info("step %d/%d  %s", step, trainer.total_steps, stats)
 
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
@@ -112,8 +127,9 @@ class MLflowCallback(Callback):
     A resumed run continues the same MLflow run.
     """
 
-    def __init__(self, experiment: str, run_name: str | None = None,
-                 tracking_uri: str | None = None) -> None:
+    def __init__(
+        self, experiment: str, run_name: str | None = None, tracking_uri: str | None = None
+    ) -> None:
         self.experiment = experiment
         self.run_name = run_name
         self.tracking_uri = tracking_uri
@@ -145,13 +161,17 @@ class MLflowCallback(Callback):
             params = _flat_params(trainer.config.to_dict())
             from mlflow.entities import Param
 
-            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+            self.client.log_batch(
+                self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
+            )
         trainer.extra_meta["mlflow_run_id"] = self.run_id
 
     def _metric(self, key: str, value: float, step: int) -> None:
         from mlflow.entities import Metric
 
-        self._pending.append(Metric(key.replace("/", "_"), float(value), int(time.time() * 1000), step))
+        self._pending.append(
+            Metric(key.replace("/", "_"), float(value), int(time.time() * 1000), step)
+        )
 
     def _flush(self) -> None:
         if self._pending and self.client is not None:

@@ -88,16 +88,25 @@ def read_meta(path: Path) -> dict[str, Any]:
     """Parse ``meta.json`` or raise CheckpointError saying what is wrong."""
     meta_path = Path(path) / "meta.json"
     if not meta_path.is_file():
-        raise CheckpointError("checkpoint has no meta.json (incomplete write)", where=str(path),
-                              fix="delete it; resume from an older checkpoint")
+        raise CheckpointError(
+            "checkpoint has no meta.json (incomplete write)",
+            where=str(path),
+            fix="delete it; resume from an older checkpoint",
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"meta.json is not valid JSON ({exc})", where=str(meta_path),
-                              fix="delete the checkpoint; resume from an older one") from exc
+        raise CheckpointError(
+            f"meta.json is not valid JSON ({exc})",
+            where=str(meta_path),
+            fix="delete the checkpoint; resume from an older one",
+        ) from exc
     if meta.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"unsupported checkpoint format {meta.get('format')!r}",
-                              where=str(path), fix=f"this version reads format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"unsupported checkpoint format {meta.get('format')!r}",
+            where=str(path),
+            fix=f"this version reads format {FORMAT_VERSION}",
+        )
     return meta
 
 
@@ -107,11 +116,17 @@ def verify_checkpoint(path: Path) -> dict[str, Any]:
     for name, digest in meta.get("files", {}).items():
         f = Path(path) / name
         if not f.is_file():
-            raise CheckpointError(f"checkpoint file {name} is missing", where=str(path),
-                                  fix="delete the checkpoint; resume from an older one")
+            raise CheckpointError(
+                f"checkpoint file {name} is missing",
+                where=str(path),
+                fix="delete the checkpoint; resume from an older one",
+            )
         if sha256_file(f) != digest:
-            raise CheckpointError(f"checkpoint file {name} is corrupt (checksum mismatch)",
-                                  where=str(f), fix="delete the checkpoint; resume from an older one")
+            raise CheckpointError(
+                f"checkpoint file {name} is corrupt (checksum mismatch)",
+                where=str(f),
+                fix="delete the checkpoint; resume from an older one",
+            )
     return meta
 
 
@@ -119,16 +134,26 @@ def load_checkpoint(path: Path, verify: bool = True) -> Checkpoint:
     """Load a checkpoint (verifying checksums first unless ``verify=False``)."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError("checkpoint directory does not exist", where=str(path),
-                              fix="pass an existing step-* directory or resume='auto'")
+        raise CheckpointError(
+            "checkpoint directory does not exist",
+            where=str(path),
+            fix="pass an existing step-* directory or resume='auto'",
+        )
     meta = verify_checkpoint(path) if verify else read_meta(path)
     try:
         model = load_file(str(path / "model.safetensors"))
-        ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
+        ema = (
+            load_file(str(path / "ema.safetensors"))
+            if (path / "ema.safetensors").exists()
+            else None
+        )
         state = load_tree(path / "state")
     except (SafetensorError, OSError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint cannot be read ({exc})", where=str(path),
-                              fix="delete it; resume from an older checkpoint") from exc
+        raise CheckpointError(
+            f"checkpoint cannot be read ({exc})",
+            where=str(path),
+            fix="delete it; resume from an older checkpoint",
+        ) from exc
     return Checkpoint(path=path, meta=meta, model=model, ema=ema, state=state)
 
 

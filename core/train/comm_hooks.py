@@ -65,7 +65,7 @@ class CommHook:
         self.steps = int(state.get("steps", 0))
 
 
-def _dispatch(state, bucket):  # noqa: ANN001 - DDP inspects annotations; string ones fail its check
+def _dispatch(state, bucket):  # unannotated: DDP rejects string annotations on hooks
     return state.hook(bucket)
 
 
@@ -75,8 +75,11 @@ class HalfHook(CommHook):
     def __init__(self, dtype: torch.dtype) -> None:
         super().__init__()
         self.name = "fp16" if dtype == torch.float16 else "bf16"
-        self._fn = (default_hooks.fp16_compress_hook if dtype == torch.float16
-                    else default_hooks.bf16_compress_hook)
+        self._fn = (
+            default_hooks.fp16_compress_hook
+            if dtype == torch.float16
+            else default_hooks.bf16_compress_hook
+        )
 
     def hook(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         self.step_bytes += bucket.buffer().numel() * 2
@@ -90,8 +93,12 @@ class PowerSGDHook(CommHook):
 
     def __init__(self, rank: int, warmup: int, seed: int = 0) -> None:
         super().__init__()
-        self.state = psgd.PowerSGDState(process_group=None, matrix_approximation_rank=rank,
-                                        start_powerSGD_iter=warmup, random_seed=seed)
+        self.state = psgd.PowerSGDState(
+            process_group=None,
+            matrix_approximation_rank=rank,
+            start_powerSGD_iter=warmup,
+            random_seed=seed,
+        )
 
     def hook(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         buf = bucket.buffer()
@@ -100,16 +107,23 @@ class PowerSGDHook(CommHook):
         else:
             before = self.state.total_numel_after_compression
             fut = psgd.powerSGD_hook(self.state, bucket)
-            self.step_bytes += (self.state.total_numel_after_compression - before) * buf.element_size()
+            self.step_bytes += (
+                self.state.total_numel_after_compression - before
+            ) * buf.element_size()
             return fut
         return psgd.powerSGD_hook(self.state, bucket)
 
     def state_dict(self) -> dict[str, Any]:
         s = self.state
-        return {**super().state_dict(), "iter": s.iter, "error_dict": dict(s.error_dict),
-                "p_memory_dict": dict(s.p_memory_dict), "q_memory_dict": dict(s.q_memory_dict),
-                "rng": s.rng.get_state(),
-                "numel": [s.total_numel_before_compression, s.total_numel_after_compression]}
+        return {
+            **super().state_dict(),
+            "iter": s.iter,
+            "error_dict": dict(s.error_dict),
+            "p_memory_dict": dict(s.p_memory_dict),
+            "q_memory_dict": dict(s.q_memory_dict),
+            "rng": s.rng.get_state(),
+            "numel": [s.total_numel_before_compression, s.total_numel_after_compression],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -147,8 +161,14 @@ class TopKHook(CommHook):
 
     name = "topk"
 
-    def __init__(self, ratio: float, param_names: dict[int, str],
-                 sparsify: Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = topk_sparsify) -> None:
+    def __init__(
+        self,
+        ratio: float,
+        param_names: dict[int, str],
+        sparsify: Callable[
+            [torch.Tensor, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+        ] = topk_sparsify,
+    ) -> None:
         super().__init__()
         self.ratio = ratio
         self.param_names = param_names
@@ -157,14 +177,18 @@ class TopKHook(CommHook):
         self._layouts: dict[tuple[str, ...], list[tuple[str, int]]] = {}
         self._loaded: dict[str, torch.Tensor] = {}
 
-    def _error_for(self, key: tuple[str, ...], params: list[torch.Tensor], buf: torch.Tensor) -> torch.Tensor:
+    def _error_for(
+        self, key: tuple[str, ...], params: list[torch.Tensor], buf: torch.Tensor
+    ) -> torch.Tensor:
         err = self._errors.get(key)
         if err is not None and err.numel() == buf.numel():
             return err
         self._layouts[key] = [(self.param_names[id(p)], p.numel()) for p in params]
         if all(name in self._loaded for name, _ in self._layouts[key]):
-            parts = [self._loaded.pop(name).to(buf.device, buf.dtype).flatten()
-                     for name, _ in self._layouts[key]]
+            parts = [
+                self._loaded.pop(name).to(buf.device, buf.dtype).flatten()
+                for name, _ in self._layouts[key]
+            ]
             return torch.cat(parts)
         return torch.zeros_like(buf)
 
@@ -181,13 +205,13 @@ class TopKHook(CommHook):
         self.step_bytes += payload.numel()
         world = dist.get_world_size()
         gathered = torch.empty(world * payload.numel(), dtype=torch.uint8, device=buf.device)
-        work = dist.all_gather_into_tensor(gathered, payload, async_op=True)
+        work = dist.all_gather_single(gathered, payload, async_op=True)
         size, ibytes = payload.numel(), idx.numel() * 4
 
         def decode(_: torch.futures.Future) -> torch.Tensor:
             out = torch.zeros_like(buf)
             for r in range(world):
-                chunk = gathered[r * size:(r + 1) * size]
+                chunk = gathered[r * size : (r + 1) * size]
                 out.index_add_(0, chunk[:ibytes].view(torch.int32), chunk[ibytes:].view(buf.dtype))
             return buf.copy_(out.div_(world))
 
@@ -198,7 +222,7 @@ class TopKHook(CommHook):
         for key, err in self._errors.items():
             offset = 0
             for name, numel in self._layouts[key]:
-                per_param[name] = err[offset:offset + numel].detach().cpu()
+                per_param[name] = err[offset : offset + numel].detach().cpu()
                 offset += numel
         return {**super().state_dict(), "ratio": self.ratio, "errors": per_param}
 

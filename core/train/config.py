@@ -36,10 +36,16 @@ class OptimizerConfig:
     nesterov: bool = False  # sgd only
 
     def __post_init__(self) -> None:
-        _check(self.name in ("sgd", "adam", "adamw"), f"unknown optimizer {self.name!r}",
-               "use one of 'sgd', 'adam', 'adamw'")
-        _check(self.lr > 0 and math.isfinite(self.lr), f"optimizer.lr must be > 0, got {self.lr}",
-               "set a positive learning rate such as 1e-3")
+        _check(
+            self.name in ("sgd", "adam", "adamw"),
+            f"unknown optimizer {self.name!r}",
+            "use one of 'sgd', 'adam', 'adamw'",
+        )
+        _check(
+            self.lr > 0 and math.isfinite(self.lr),
+            f"optimizer.lr must be > 0, got {self.lr}",
+            "set a positive learning rate such as 1e-3",
+        )
         _check(self.weight_decay >= 0, "optimizer.weight_decay must be >= 0", "set 0 to disable it")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
@@ -48,18 +54,26 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Learning-rate schedule, stepped once per optimizer step."""
 
-    name: Literal["cosine", "constant", "step"] = "cosine"  # warm-up then cosine / flat / step decay
+    name: Literal["cosine", "constant", "step"] = (
+        "cosine"  # warm-up then cosine / flat / step decay
+    )
     warmup_steps: int = 0  # linear warm-up from 0 to the peak lr (cosine and constant)
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of the peak lr
     step_size: int = 1000  # step schedule: decay every this many optimizer steps
     gamma: float = 0.1  # step schedule: multiply lr by this at each decay
 
     def __post_init__(self) -> None:
-        _check(self.name in ("cosine", "constant", "step"), f"unknown schedule {self.name!r}",
-               "use one of 'cosine', 'constant', 'step'")
+        _check(
+            self.name in ("cosine", "constant", "step"),
+            f"unknown schedule {self.name!r}",
+            "use one of 'cosine', 'constant', 'step'",
+        )
         _check(self.warmup_steps >= 0, "schedule.warmup_steps must be >= 0", "set 0 for no warm-up")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "schedule.min_lr_ratio must lie in [0, 1]",
-               "use e.g. 0.0 or 0.1")
+        _check(
+            0.0 <= self.min_lr_ratio <= 1.0,
+            "schedule.min_lr_ratio must lie in [0, 1]",
+            "use e.g. 0.0 or 0.1",
+        )
         _check(self.step_size > 0, "schedule.step_size must be > 0", "use e.g. 1000")
 
 
@@ -78,8 +92,11 @@ class CheckpointConfig:
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1", "keep at least one")
         _check(self.every_n_steps >= 0, "checkpoint.every_n_steps must be >= 0", "0 disables it")
         _check(self.mode in ("max", "min"), "checkpoint.mode must be 'max' or 'min'", "pick one")
-        _check(self.resume is None or self.dir is not None or self.resume != "auto",
-               "checkpoint.resume='auto' needs checkpoint.dir", "set checkpoint.dir")
+        _check(
+            self.resume is None or self.dir is not None or self.resume != "auto",
+            "checkpoint.resume='auto' needs checkpoint.dir",
+            "set checkpoint.dir",
+        )
 
 
 @dataclass
@@ -93,7 +110,9 @@ class EarlyStoppingConfig:
 
     def __post_init__(self) -> None:
         _check(self.patience >= 1, "early_stopping.patience must be >= 1", "use e.g. 3")
-        _check(self.mode in ("max", "min"), "early_stopping.mode must be 'max' or 'min'", "pick one")
+        _check(
+            self.mode in ("max", "min"), "early_stopping.mode must be 'max' or 'min'", "pick one"
+        )
 
 
 @dataclass
@@ -109,16 +128,32 @@ class DistributedConfig:
     bucket_cap_mb: float = 25.0  # DDP bucket size
 
     def __post_init__(self) -> None:
-        _check(self.strategy in ("ddp", "fsdp"), f"unknown strategy {self.strategy!r}", "use 'ddp' or 'fsdp'")
-        _check(self.comm_hook in ("none", "fp16", "bf16", "powersgd", "topk"),
-               f"unknown comm_hook {self.comm_hook!r}", "use none|fp16|bf16|powersgd|topk")
-        _check(0.0 < self.topk_ratio <= 1.0, "distributed.topk_ratio must lie in (0, 1]",
-               "use e.g. 0.01 for 1%")
+        _check(
+            self.strategy in ("ddp", "fsdp"),
+            f"unknown strategy {self.strategy!r}",
+            "use 'ddp' or 'fsdp'",
+        )
+        _check(
+            self.comm_hook in ("none", "fp16", "bf16", "powersgd", "topk"),
+            f"unknown comm_hook {self.comm_hook!r}",
+            "use none|fp16|bf16|powersgd|topk",
+        )
+        _check(
+            0.0 < self.topk_ratio <= 1.0,
+            "distributed.topk_ratio must lie in (0, 1]",
+            "use e.g. 0.01 for 1%",
+        )
         _check(self.powersgd_rank >= 1, "distributed.powersgd_rank must be >= 1", "use 1 to 4")
-        _check(self.powersgd_warmup >= 2, "distributed.powersgd_warmup must be >= 2",
-               "PowerSGD needs at least 2 plain all-reduce iterations (DDP rebuilds buckets after the first)")
-        _check(self.strategy == "ddp" or self.comm_hook == "none",
-               "comm hooks apply to DDP only", "set comm_hook='none' with strategy='fsdp'")
+        _check(
+            self.powersgd_warmup >= 2,
+            "distributed.powersgd_warmup must be >= 2",
+            "PowerSGD needs at least 2 plain all-reduce iterations (DDP rebuilds buckets after the first)",
+        )
+        _check(
+            self.strategy == "ddp" or self.comm_hook == "none",
+            "comm hooks apply to DDP only",
+            "set comm_hook='none' with strategy='fsdp'",
+        )
 
 
 @dataclass
@@ -134,7 +169,9 @@ class TrainerConfig:
     precision: Precision = "fp32"  # autocast dtype; fp16 adds a dynamic loss scaler
     max_nonfinite_steps: int = 25  # consecutive skipped (non-finite) steps before NonFiniteError
     seed: int = 0  # seeds model-independent randomness: data order, dropout, augmentation
-    deterministic: bool = False  # torch.use_deterministic_algorithms (needed for bit-exact resume on GPU)
+    deterministic: bool = (
+        False  # torch.use_deterministic_algorithms (needed for bit-exact resume on GPU)
+    )
     device: str = "auto"  # "auto" (CUDA if present, else CPU), "cpu", "cuda", "cuda:1"...
     compile: bool = False  # wrap the model's forward in torch.compile
     ema_decay: float | None = None  # keep an exponential moving average of weights, e.g. 0.999
@@ -142,7 +179,9 @@ class TrainerConfig:
     drop_last: bool = False  # drop the last incomplete training batch
     eval_every_n_epochs: int = 1  # run evaluation after every n-th epoch (0: never)
     log_every_n_steps: int = 10  # metric logging interval in optimizer steps
-    progress: Literal["auto", "rich", "plain", "off"] = "auto"  # auto: rich on a terminal, plain otherwise
+    progress: Literal["auto", "rich", "plain", "off"] = (
+        "auto"  # auto: rich on a terminal, plain otherwise
+    )
     tracking: Literal["mlflow", "none"] = "none"  # experiment tracking backend
     experiment: str = "deepverticals"  # MLflow experiment name
     run_name: str | None = None  # MLflow run name
@@ -154,22 +193,43 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_epochs >= 1, "max_epochs must be >= 1", "use e.g. 10")
-        _check(self.max_steps is None or self.max_steps >= 1, "max_steps must be >= 1 or None",
-               "leave it None to run max_epochs")
+        _check(
+            self.max_steps is None or self.max_steps >= 1,
+            "max_steps must be >= 1 or None",
+            "leave it None to run max_epochs",
+        )
         _check(self.batch_size >= 1, "batch_size must be >= 1", "use e.g. 32")
-        _check(self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1", "1 disables accumulation")
-        _check(self.precision in ("fp32", "fp16", "bf16"), f"unknown precision {self.precision!r}",
-               "use 'fp32', 'fp16' or 'bf16'")
-        _check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm must be > 0",
-               "leave it None to disable clipping")
-        _check(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, "ema_decay must lie in (0, 1)",
-               "use e.g. 0.999, or None to disable EMA")
+        _check(
+            self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1", "1 disables accumulation"
+        )
+        _check(
+            self.precision in ("fp32", "fp16", "bf16"),
+            f"unknown precision {self.precision!r}",
+            "use 'fp32', 'fp16' or 'bf16'",
+        )
+        _check(
+            self.grad_clip_norm is None or self.grad_clip_norm > 0,
+            "grad_clip_norm must be > 0",
+            "leave it None to disable clipping",
+        )
+        _check(
+            self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+            "ema_decay must lie in (0, 1)",
+            "use e.g. 0.999, or None to disable EMA",
+        )
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1", "use e.g. 25")
         _check(self.log_every_n_steps >= 1, "log_every_n_steps must be >= 1", "use e.g. 10")
-        _check(self.tracking in ("mlflow", "none"), f"unknown tracking {self.tracking!r}",
-               "use 'mlflow' or 'none'")
-        for name, typ in (("optimizer", OptimizerConfig), ("schedule", ScheduleConfig),
-                          ("checkpoint", CheckpointConfig), ("distributed", DistributedConfig)):
+        _check(
+            self.tracking in ("mlflow", "none"),
+            f"unknown tracking {self.tracking!r}",
+            "use 'mlflow' or 'none'",
+        )
+        for name, typ in (
+            ("optimizer", OptimizerConfig),
+            ("schedule", ScheduleConfig),
+            ("checkpoint", CheckpointConfig),
+            ("distributed", DistributedConfig),
+        ):
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, typ(**value))
@@ -181,7 +241,9 @@ class TrainerConfig:
         """Build from nested dicts (JSON); unknown keys raise ConfigError naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
-        _check(not unknown, f"unknown trainer config keys {unknown}", f"valid keys: {sorted(names)}")
+        _check(
+            not unknown, f"unknown trainer config keys {unknown}", f"valid keys: {sorted(names)}"
+        )
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

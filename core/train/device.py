@@ -25,8 +25,10 @@ def select_device(preference: str = "auto", local_rank: int | None = None) -> to
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device {preference!r} was requested but CUDA is not available",
-                              fix="use device='auto' or 'cpu'")
+            raise ConfigError(
+                f"device {preference!r} was requested but CUDA is not available",
+                fix="use device='auto' or 'cpu'",
+            )
         if preference == "cuda":
             return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         return torch.device(preference)

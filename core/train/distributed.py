@@ -55,8 +55,11 @@ def env_info() -> DistInfo:
             local_rank=int(os.environ.get("LOCAL_RANK", "0")),
         )
     except ValueError as exc:
-        raise DistributedError(f"malformed torchrun environment ({exc})",
-                               where="RANK/WORLD_SIZE/LOCAL_RANK", fix="launch with torchrun") from exc
+        raise DistributedError(
+            f"malformed torchrun environment ({exc})",
+            where="RANK/WORLD_SIZE/LOCAL_RANK",
+            fix="launch with torchrun",
+        ) from exc
 
 
 def init_distributed(backend: str = "auto", device: torch.device | None = None) -> DistInfo:
@@ -66,12 +69,16 @@ def init_distributed(backend: str = "auto", device: torch.device | None = None) 
         return info
     if dist.is_initialized():
         if dist.get_world_size() != info.world_size:
-            raise DistributedError("process group size differs from WORLD_SIZE",
-                                   fix="launch every process with the same torchrun command")
+            raise DistributedError(
+                "process group size differs from WORLD_SIZE",
+                fix="launch every process with the same torchrun command",
+            )
         return info
     if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:
-        raise DistributedError("WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set",
-                               fix="launch with torchrun, or use core.train.distributed.launch_local")
+        raise DistributedError(
+            "WORLD_SIZE > 1 but MASTER_ADDR/MASTER_PORT are not set",
+            fix="launch with torchrun, or use core.train.distributed.launch_local",
+        )
     if backend == "auto":
         backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"backend": backend, "timeout": datetime.timedelta(minutes=10)}
@@ -89,11 +96,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue: Any,
-            env: dict[str, str], out_dir: str) -> None:
+def _worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    queue: Any,
+    env: dict[str, str],
+    out_dir: str,
+) -> None:
     os.environ.update(env)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world_size),
+    )
     try:
         save_tree(fn(*args), Path(out_dir) / f"rank{rank}")
         queue.put((rank, True, None))
@@ -105,8 +126,13 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args:
             dist.destroy_process_group()
 
 
-def launch_local(fn: Callable[..., Any], world_size: int, *args: Any,
-                 env: dict[str, str] | None = None, timeout_s: float = 600) -> list[Any]:
+def launch_local(
+    fn: Callable[..., Any],
+    world_size: int,
+    *args: Any,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 600,
+) -> list[Any]:
     """Run ``fn(*args)`` in ``world_size`` spawned processes as a torchrun job would.
 
     ``fn`` must be importable (module-level) and return a tree of tensors, arrays, scalars and
@@ -118,8 +144,10 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any,
     queue = ctx.SimpleQueue()
     port = free_port()
     out_dir = tempfile.mkdtemp(prefix="dv-launch-")
-    procs = [ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, env or {}, out_dir))
-             for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, queue, env or {}, out_dir))
+        for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
@@ -144,11 +172,15 @@ def launch_local(fn: Callable[..., Any], world_size: int, *args: Any,
             p.kill()
     shutil.rmtree(out_dir, ignore_errors=True)
     if errors:
-        raise DistributedError("a local worker failed", fix="see the traceback:\n" + "\n".join(errors))
+        raise DistributedError(
+            "a local worker failed", fix="see the traceback:\n" + "\n".join(errors)
+        )
     if len(results) != world_size:
         codes = [p.exitcode for p in procs]
-        raise DistributedError(f"local workers ended without a result (exit codes {codes})",
-                               fix="check the worker output above")
+        raise DistributedError(
+            f"local workers ended without a result (exit codes {codes})",
+            fix="check the worker output above",
+        )
     return [results[r] for r in range(world_size)]
 
 

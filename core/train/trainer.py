@@ -81,7 +81,8 @@ class FitResult:
 
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "history"} | {
-            "final_metrics": self.final_metrics}
+            "final_metrics": self.final_metrics
+        }
 
 
 class _SkipSampler(Sampler[int]):
@@ -123,7 +124,11 @@ def _to_device(batch: Any, device: torch.device) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -167,10 +172,18 @@ class Trainer:
         cfg = self.config
         self.device = select_device(cfg.device)
         self.dist: DistInfo = init_distributed(cfg.distributed.backend, self.device)
-        if cfg.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("precision 'bf16' needs a GPU with bfloat16 support", fix="use 'fp16'")
+        if (
+            cfg.precision == "bf16"
+            and self.device.type == "cuda"
+            and not torch.cuda.is_bf16_supported()
+        ):
+            raise ConfigError(
+                "precision 'bf16' needs a GPU with bfloat16 support", fix="use 'fp16'"
+            )
         if cfg.ema_decay is not None and cfg.distributed.strategy == "fsdp" and self.dist.enabled:
-            raise ConfigError("EMA is not supported with FSDP", fix="set ema_decay=None or use strategy='ddp'")
+            raise ConfigError(
+                "EMA is not supported with FSDP", fix="set ema_decay=None or use strategy='ddp'"
+            )
         self.model = model.to(self.device)
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.metrics = dict(metrics or {})
@@ -240,7 +253,17 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self._wrapped = DDP(self.model, device_ids=ids, bucket_cap_mb=cfg.distributed.bucket_cap_mb)
+            cap = cfg.distributed.bucket_cap_mb
+            if cfg.distributed.comm_hook == "powersgd" and dist.get_backend() == "gloo":
+                # PowerSGD chains its P and Q all-reduces from future callbacks; with several
+                # buckets in flight, gloo ranks can issue them in different orders (a collective
+                # mismatch). One bucket (after DDP's rebuild, inside PowerSGD's warm-up) keeps
+                # them in order.
+                cap = max(
+                    cap,
+                    sum(p.numel() * p.element_size() for p in self.model.parameters()) / 2**20 + 1,
+                )
+            self._wrapped = DDP(self.model, device_ids=ids, bucket_cap_mb=cap)
             names = {id(p): n for n, p in self.model.named_parameters()}
             self.comm_hook = build_comm_hook(cfg.distributed, names, seed=cfg.seed)
             self.comm_hook.register(self._wrapped)  # "none" too: it counts the bytes
@@ -251,33 +274,64 @@ class Trainer:
         else:
             o = cfg.optimizer
             if o.name == "sgd":
-                self.optimizer = torch.optim.SGD(params, lr=o.lr, momentum=o.momentum,
-                                                 weight_decay=o.weight_decay, nesterov=o.nesterov)
+                self.optimizer = torch.optim.SGD(
+                    params,
+                    lr=o.lr,
+                    momentum=o.momentum,
+                    weight_decay=o.weight_decay,
+                    nesterov=o.nesterov,
+                )
             elif o.name == "adam":
-                self.optimizer = torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+                self.optimizer = torch.optim.Adam(
+                    params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+                )
             else:
-                self.optimizer = torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+                self.optimizer = torch.optim.AdamW(
+                    params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+                )
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, max(self.total_steps, 1))
         if cfg.ema_decay is not None:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
-                                     use_buffers=True)
+            self.ema = AveragedModel(
+                self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
 
     def _sampler(self, dataset: Dataset, shuffle: bool) -> DistributedSampler:
-        return DistributedSampler(dataset, num_replicas=self.dist.world_size, rank=self.dist.rank,
-                                  shuffle=shuffle, seed=self.config.seed, drop_last=False)
+        return DistributedSampler(
+            dataset,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=shuffle,
+            seed=self.config.seed,
+            drop_last=False,
+        )
 
-    def _loader(self, dataset: Dataset, *, shuffle: bool, epoch: int = 0, skip_batches: int = 0,
-                batch_size: int | None = None, drop_last: bool = False) -> DataLoader:
+    def _loader(
+        self,
+        dataset: Dataset,
+        *,
+        shuffle: bool,
+        epoch: int = 0,
+        skip_batches: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
         cfg = self.config
         sampler = self._sampler(dataset, shuffle)
         sampler.set_epoch(epoch)
         bs = batch_size or cfg.batch_size
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        return DataLoader(dataset, batch_size=bs, sampler=_SkipSampler(sampler, skip_batches * bs),
-                          num_workers=cfg.num_workers, collate_fn=self.collate_fn, drop_last=drop_last,
-                          generator=gen, pin_memory=self.device.type == "cuda")
+        return DataLoader(
+            dataset,
+            batch_size=bs,
+            sampler=_SkipSampler(sampler, skip_batches * bs),
+            num_workers=cfg.num_workers,
+            collate_fn=self.collate_fn,
+            drop_last=drop_last,
+            generator=gen,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def _batches_per_epoch(self, dataset: Dataset) -> int:
         n = len(self._sampler(dataset, True))
@@ -287,17 +341,28 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _model_state(self) -> dict[str, torch.Tensor]:
         if self.config.distributed.strategy == "fsdp" and self.dist.enabled:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
 
-            return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_model_state_dict(
+                self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return self.model.state_dict()
 
     def _optim_state(self) -> dict[str, Any]:
         if self.config.distributed.strategy == "fsdp" and self.dist.enabled:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_optimizer_state_dict,
+            )
 
-            return get_optimizer_state_dict(self.model, self.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            return get_optimizer_state_dict(
+                self.model,
+                self.optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+            )
         return self.optimizer.state_dict()
 
     def save_checkpoint(self) -> Path | None:
@@ -309,24 +374,40 @@ class Trainer:
         grads = None
         if self.micro_step > 0:
             grads = {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
-        per_rank = {"rng": _rng_state(),
-                    "comm_hook": self.comm_hook.state_dict() if self.comm_hook else None,
-                    "grads": grads}
+        per_rank = {
+            "rng": _rng_state(),
+            "comm_hook": self.comm_hook.state_dict() if self.comm_hook else None,
+            "grads": grads,
+        }
         ranks = all_gather_objects(per_rank)
         model_state = self._model_state()
         optim_state = self._optim_state()
         path = None
         if self.is_main:
-            state = {"optimizer": optim_state, "scheduler": self.scheduler.state_dict(),
-                     "scaler": self.scaler.state_dict(), "ranks": ranks}
-            meta = {"epoch": self.epoch, "global_step": self.global_step,
-                    "batch_in_epoch": self.batch_in_epoch, "micro_step": self.micro_step,
-                    "world_size": self.dist.world_size, "history": self.history,
-                    "best_metric": self.best_metric, "best_checkpoint": self.best_checkpoint,
-                    "es_best": self._es_best, "es_bad": self._es_bad,
-                    "nonfinite_total": self.nonfinite_total,
-                    "precision": cfg.precision, "grad_accum_steps": cfg.grad_accum_steps,
-                    "batch_size": cfg.batch_size, "config": cfg.to_dict(), **self.extra_meta}
+            state = {
+                "optimizer": optim_state,
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "ranks": ranks,
+            }
+            meta = {
+                "epoch": self.epoch,
+                "global_step": self.global_step,
+                "batch_in_epoch": self.batch_in_epoch,
+                "micro_step": self.micro_step,
+                "world_size": self.dist.world_size,
+                "history": self.history,
+                "best_metric": self.best_metric,
+                "best_checkpoint": self.best_checkpoint,
+                "es_best": self._es_best,
+                "es_bad": self._es_bad,
+                "nonfinite_total": self.nonfinite_total,
+                "precision": cfg.precision,
+                "grad_accum_steps": cfg.grad_accum_steps,
+                "batch_size": cfg.batch_size,
+                "config": cfg.to_dict(),
+                **self.extra_meta,
+            }
             ema_state = self.ema.state_dict() if self.ema is not None else None
             path = ckpt.save_checkpoint(root, self.global_step, model_state, state, meta, ema_state)
             if self._pending_best:
@@ -349,7 +430,9 @@ class Trainer:
         if target == "auto":
             loaded = ckpt.find_resumable(cfg.checkpoint_dir)
             if loaded is None:
-                log.info("resume='auto': no valid checkpoint in %s, starting fresh", cfg.checkpoint_dir)
+                log.info(
+                    "resume='auto': no valid checkpoint in %s, starting fresh", cfg.checkpoint_dir
+                )
                 return
         else:
             loaded = ckpt.load_checkpoint(Path(target))
@@ -357,20 +440,29 @@ class Trainer:
         if meta["world_size"] != self.dist.world_size:
             raise DistributedError(
                 f"checkpoint was written by {meta['world_size']} processes but this run has "
-                f"{self.dist.world_size}", where=str(loaded.path),
-                fix=f"resume with --nproc {meta['world_size']}, or start a fresh run")
+                f"{self.dist.world_size}",
+                where=str(loaded.path),
+                fix=f"resume with --nproc {meta['world_size']}, or start a fresh run",
+            )
         for key in ("grad_accum_steps", "batch_size"):
             if meta[key] != getattr(cfg, key):
-                raise CheckpointError(f"checkpoint has {key}={meta[key]} but this run uses "
-                                      f"{getattr(cfg, key)}", where=str(loaded.path),
-                                      fix="resume with the same setting or start a fresh run")
+                raise CheckpointError(
+                    f"checkpoint has {key}={meta[key]} but this run uses {getattr(cfg, key)}",
+                    where=str(loaded.path),
+                    fix="resume with the same setting or start a fresh run",
+                )
         if cfg.distributed.strategy == "fsdp" and self.dist.enabled:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
 
             opts = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, loaded.model, options=opts)
-            set_optimizer_state_dict(self.model, self.optimizer, loaded.state["optimizer"], options=opts)
+            set_optimizer_state_dict(
+                self.model, self.optimizer, loaded.state["optimizer"], options=opts
+            )
         else:
             self.model.load_state_dict(loaded.model)
             self.optimizer.load_state_dict(loaded.state["optimizer"])
@@ -399,8 +491,13 @@ class Trainer:
         self.resume_info = dict(meta) | {"path": str(loaded.path)}
         self.last_checkpoint = str(loaded.path)
         if self.is_main:
-            log.info("resumed from %s (epoch %d, step %d, batch %d)", loaded.path, self.epoch,
-                     self.global_step, self.batch_in_epoch)
+            log.info(
+                "resumed from %s (epoch %d, step %d, batch %d)",
+                loaded.path,
+                self.epoch,
+                self.global_step,
+                self.batch_in_epoch,
+            )
 
     # ------------------------------------------------------------------ steps
     def compute_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
@@ -442,17 +539,24 @@ class Trainer:
             self.nonfinite_total += 1
             self.nonfinite_consecutive += 1
             if self.is_main:
-                log.warning("step %d skipped: non-finite %s (loss %.4g, grad norm %s, loss scale %g); "
-                            "%d skipped so far", self.global_step + 1,
-                            "loss" if not math.isfinite(loss_value) else "gradients", loss_value,
-                            grad_norm, scale, self.nonfinite_total)
+                log.warning(
+                    "step %d skipped: non-finite %s (loss %.4g, grad norm %s, loss scale %g); "
+                    "%d skipped so far",
+                    self.global_step + 1,
+                    "loss" if not math.isfinite(loss_value) else "gradients",
+                    loss_value,
+                    grad_norm,
+                    scale,
+                    self.nonfinite_total,
+                )
             if self.nonfinite_consecutive >= cfg.max_nonfinite_steps:
                 raise NonFiniteError(
                     f"{self.nonfinite_consecutive} consecutive steps had non-finite loss or gradients "
                     f"(last loss {loss_value:.4g}, grad norm {grad_norm}, loss scale {scale:g})",
                     where=f"epoch {self.epoch}, step {self.global_step + 1}",
                     fix="lower the learning rate, enable grad_clip_norm, use bf16 instead of fp16, "
-                        "or check the data for NaN/inf")
+                    "or check the data for NaN/inf",
+                )
         with warnings.catch_warnings():
             # A skipped first step makes torch warn about call order; the schedule stays aligned.
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
@@ -461,8 +565,13 @@ class Trainer:
         self.global_step += 1
         if self.comm_hook is not None:
             self.comm_hook.end_step()
-        return {"loss": loss_value, "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
-                "loss_scale": scale, "skipped": float(not finite)}
+        return {
+            "loss": loss_value,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": grad_norm,
+            "loss_scale": scale,
+            "skipped": float(not finite),
+        }
 
     # ------------------------------------------------------------------ fit
     def fit(self, train_set: Dataset, val_set: Dataset | None = None) -> FitResult:
@@ -474,8 +583,11 @@ class Trainer:
             raise DataError("the validation set is empty", fix="pass val_set=None or add samples")
         self.steps_per_epoch = math.ceil(self._batches_per_epoch(train_set) / cfg.grad_accum_steps)
         if self.steps_per_epoch == 0:
-            raise DataError(f"the training set ({len(train_set)} samples) is smaller than one batch "  # type: ignore[arg-type]
-                            f"with drop_last=True", fix="lower batch_size or set drop_last=False")
+            raise DataError(
+                f"the training set ({len(train_set)} samples) is smaller than one batch "  # type: ignore[arg-type]
+                f"with drop_last=True",
+                fix="lower batch_size or set drop_last=False",
+            )
         self.total_steps = self.steps_per_epoch * cfg.max_epochs
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -502,13 +614,21 @@ class Trainer:
             torch.use_deterministic_algorithms(prev_det)
         elapsed = time.perf_counter() - start
         result = FitResult(
-            global_step=self.global_step, epochs_completed=self.epoch, history=list(self.history),
-            best_metric=self.best_metric, best_checkpoint=self.best_checkpoint,
-            last_checkpoint=self.last_checkpoint, resumed_from=self.resume_info.get("path"),
-            nonfinite_steps=self.nonfinite_total, elapsed_s=elapsed,
+            global_step=self.global_step,
+            epochs_completed=self.epoch,
+            history=list(self.history),
+            best_metric=self.best_metric,
+            best_checkpoint=self.best_checkpoint,
+            last_checkpoint=self.last_checkpoint,
+            resumed_from=self.resume_info.get("path"),
+            nonfinite_steps=self.nonfinite_total,
+            elapsed_s=elapsed,
             samples_per_s=samples / elapsed if elapsed > 0 else 0.0,
             comm_bytes_per_step=(self.comm_hook.total_bytes / max(self.comm_hook.steps, 1))
-            if self.comm_hook else 0.0, **result_flags)
+            if self.comm_hook
+            else 0.0,
+            **result_flags,
+        )
         self._fire("on_fit_end", result)
         return result
 
@@ -526,16 +646,27 @@ class Trainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _run_epochs(self, train_set: Dataset, val_set: Dataset | None, flags: dict[str, bool]) -> int:
+    def _run_epochs(
+        self, train_set: Dataset, val_set: Dataset | None, flags: dict[str, bool]
+    ) -> int:
         cfg = self.config
         accum = cfg.grad_accum_steps
         n_batches = self._batches_per_epoch(train_set)
         samples = 0
-        while self.epoch < cfg.max_epochs and self.global_step < self.total_steps and not self.should_stop:
+        while (
+            self.epoch < cfg.max_epochs
+            and self.global_step < self.total_steps
+            and not self.should_stop
+        ):
             self._fire("on_epoch_start", self.epoch)
             self._forward_model.train()
-            loader = self._loader(train_set, shuffle=True, epoch=self.epoch,
-                                  skip_batches=self.batch_in_epoch, drop_last=cfg.drop_last)
+            loader = self._loader(
+                train_set,
+                shuffle=True,
+                epoch=self.epoch,
+                skip_batches=self.batch_in_epoch,
+                drop_last=cfg.drop_last,
+            )
             group_loss = 0.0
             t_step = time.perf_counter()
             step_samples = 0
@@ -570,14 +701,23 @@ class Trainer:
                     return self._preempted(flags, samples)
                 if self.global_step >= self.total_steps or self.should_stop:
                     break
-                if cfg.checkpoint.every_n_steps and self.global_step % cfg.checkpoint.every_n_steps == 0 \
-                        and self.batch_in_epoch < n_batches:
+                if (
+                    cfg.checkpoint.every_n_steps
+                    and self.global_step % cfg.checkpoint.every_n_steps == 0
+                    and self.batch_in_epoch < n_batches
+                ):
                     self.save_checkpoint()
             epoch_done = self.batch_in_epoch >= n_batches
             metrics: dict[str, float] = {}
-            if val_set is not None and cfg.eval_every_n_epochs and (
-                    (self.epoch + 1) % cfg.eval_every_n_epochs == 0 or not epoch_done
-                    or self.global_step >= self.total_steps):
+            if (
+                val_set is not None
+                and cfg.eval_every_n_epochs
+                and (
+                    (self.epoch + 1) % cfg.eval_every_n_epochs == 0
+                    or not epoch_done
+                    or self.global_step >= self.total_steps
+                )
+            ):
                 metrics = self.evaluate(val_set)
                 self._after_eval(metrics)
             if epoch_done:
@@ -592,43 +732,61 @@ class Trainer:
 
     def _preempted(self, flags: dict[str, bool], samples: int) -> int:
         if self.is_main:
-            log.warning("SIGTERM received: checkpointing at epoch %d batch %d (micro-step %d) and stopping",
-                        self.epoch, self.batch_in_epoch, self.micro_step)
+            log.warning(
+                "SIGTERM received: checkpointing at epoch %d batch %d (micro-step %d) and stopping",
+                self.epoch,
+                self.batch_in_epoch,
+                self.micro_step,
+            )
         self.save_checkpoint()
         flags["preempted"] = True
         return samples
 
     def _after_eval(self, metrics: dict[str, float]) -> None:
         cfg = self.config
-        self.history.append({"epoch": float(self.epoch), "step": float(self.global_step), **metrics})
+        self.history.append(
+            {"epoch": float(self.epoch), "step": float(self.global_step), **metrics}
+        )
         self._fire("on_eval_end", metrics)
         mon = cfg.checkpoint.monitor
         if mon is not None:
             if mon not in metrics:
-                raise ConfigError(f"checkpoint.monitor {mon!r} is not a logged metric",
-                                  fix=f"use one of {sorted(metrics)}")
+                raise ConfigError(
+                    f"checkpoint.monitor {mon!r} is not a logged metric",
+                    fix=f"use one of {sorted(metrics)}",
+                )
             v = metrics[mon]
-            better = self.best_metric is None or (v > self.best_metric if cfg.checkpoint.mode == "max"
-                                                  else v < self.best_metric)
+            better = self.best_metric is None or (
+                v > self.best_metric if cfg.checkpoint.mode == "max" else v < self.best_metric
+            )
             if better:
                 self.best_metric = v
                 self._pending_best = True
         es = cfg.early_stopping
         if es is not None:
             if es.monitor not in metrics:
-                raise ConfigError(f"early_stopping.monitor {es.monitor!r} is not a logged metric",
-                                  fix=f"use one of {sorted(metrics)}")
+                raise ConfigError(
+                    f"early_stopping.monitor {es.monitor!r} is not a logged metric",
+                    fix=f"use one of {sorted(metrics)}",
+                )
             v = metrics[es.monitor]
             improved = self._es_best is None or (
-                v > self._es_best + es.min_delta if es.mode == "max" else v < self._es_best - es.min_delta)
+                v > self._es_best + es.min_delta
+                if es.mode == "max"
+                else v < self._es_best - es.min_delta
+            )
             if improved:
                 self._es_best, self._es_bad = v, 0
             else:
                 self._es_bad += 1
                 if self._es_bad >= es.patience:
                     if self.is_main:
-                        log.info("early stopping: %s did not improve for %d evaluations (best %.4f)",
-                                 es.monitor, es.patience, self._es_best)
+                        log.info(
+                            "early stopping: %s did not improve for %d evaluations (best %.4f)",
+                            es.monitor,
+                            es.patience,
+                            self._es_best,
+                        )
                     self.should_stop = True
 
     # ------------------------------------------------------------------ eval / predict
@@ -646,7 +804,9 @@ class Trainer:
         model = self.eval_model
         was_training = model.training
         model.eval()
-        loader = self._loader(dataset, shuffle=False, batch_size=cfg.eval_batch_size or cfg.batch_size)
+        loader = self._loader(
+            dataset, shuffle=False, batch_size=cfg.eval_batch_size or cfg.batch_size
+        )
         outs, tgts = [], []
         loss_sum, count = 0.0, 0
         try:

@@ -11,21 +11,42 @@ import pytest
 
 
 def run_dv(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core.cli", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=cwd,
+        env=env,
+    )
 
 
 @pytest.mark.slow
 def test_dv_train_digits_writes_a_model_directory(tmp_path):
     out = tmp_path / "model"
-    proc = run_dv("train", "digits", "--epochs", "3", "--out", str(out), "--checkpoint-dir",
-                  str(tmp_path / "ck"))
+    proc = run_dv(
+        "train",
+        "digits",
+        "--epochs",
+        "3",
+        "--out",
+        str(out),
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["test"]["test/accuracy"] > 0.9
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors",
-                                                     "model_card.md"]
-    assert json.loads((out / "metrics.json").read_text())["test/accuracy"] == report["test"]["test/accuracy"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
+        "model_card.md",
+    ]
+    assert (
+        json.loads((out / "metrics.json").read_text())["test/accuracy"]
+        == report["test"]["test/accuracy"]
+    )
 
 
 @pytest.mark.slow
@@ -56,8 +77,15 @@ def test_unknown_task_is_rejected():
 
 
 def test_importing_core_does_not_initialise_cuda_or_import_tracking_and_serving():
-    code = ("import sys, core, core.train, core.errors; import torch; "
-            "print(torch.cuda.is_initialized(), 'mlflow' in sys.modules, 'prefect' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, timeout=120)
+    code = (
+        "import sys, core, core.train, core.errors; import torch; "
+        "print(torch.cuda.is_initialized(), 'mlflow' in sys.modules, 'prefect' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=120,
+    )
     assert out.stdout.split() == ["False", "False", "False"], out.stderr

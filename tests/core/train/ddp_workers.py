@@ -14,15 +14,28 @@ def mlp() -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.Tanh(), nn.Linear(48, 10))
 
 
-def _mlp_config(batch_size: int, comm_hook: str, steps: int, strategy: str, ckpt_dir: str | None) -> TrainerConfig:
-    return TrainerConfig(max_steps=steps, batch_size=batch_size, progress="off", seed=0,
-                         optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9},
-                         schedule={"name": "constant"}, checkpoint={"dir": ckpt_dir},
-                         distributed={"comm_hook": comm_hook, "strategy": strategy})
+def _mlp_config(
+    batch_size: int, comm_hook: str, steps: int, strategy: str, ckpt_dir: str | None
+) -> TrainerConfig:
+    return TrainerConfig(
+        max_steps=steps,
+        batch_size=batch_size,
+        progress="off",
+        seed=0,
+        optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        schedule={"name": "constant"},
+        checkpoint={"dir": ckpt_dir},
+        distributed={"comm_hook": comm_hook, "strategy": strategy},
+    )
 
 
-def train_mlp(batch_size: int, comm_hook: str = "none", steps: int = 6, strategy: str = "ddp",
-              ckpt_dir: str | None = None) -> dict:
+def train_mlp(
+    batch_size: int,
+    comm_hook: str = "none",
+    steps: int = 6,
+    strategy: str = "ddp",
+    ckpt_dir: str | None = None,
+) -> dict:
     splits = load_digits_splits(8, seed=0)
     trainer = Trainer(mlp(), _mlp_config(batch_size, comm_hook, steps, strategy, ckpt_dir))
     result = trainer.fit(splits["train"])
@@ -32,8 +45,10 @@ def train_mlp(batch_size: int, comm_hook: str = "none", steps: int = 6, strategy
         state = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True))
     else:
         state = trainer.model.state_dict()
-    return {"weights": {k: v.detach().clone() for k, v in state.items()},
-            "bytes_per_step": result.comm_bytes_per_step}
+    return {
+        "weights": {k: v.detach().clone() for k, v in state.items()},
+        "bytes_per_step": result.comm_bytes_per_step,
+    }
 
 
 def resume_expecting_error(ckpt_dir: str) -> str:
@@ -48,18 +63,26 @@ def resume_expecting_error(ckpt_dir: str) -> str:
     return "no error"
 
 
-
 def digits_accuracy(comm_hook: str, ratio: float = 0.01, epochs: int = 8) -> dict:
     splits = load_digits_splits(8, seed=0)
     seed_everything(0)
-    cfg = TrainerConfig(max_epochs=epochs, batch_size=32, progress="off", seed=0,
-                        optimizer={"name": "adamw", "lr": 3e-3}, schedule={"name": "cosine", "warmup_steps": 10},
-                        distributed={"comm_hook": comm_hook, "topk_ratio": ratio, "powersgd_warmup": 10})
+    cfg = TrainerConfig(
+        max_epochs=epochs,
+        batch_size=32,
+        progress="off",
+        seed=0,
+        optimizer={"name": "adamw", "lr": 3e-3},
+        schedule={"name": "cosine", "warmup_steps": 10},
+        distributed={"comm_hook": comm_hook, "topk_ratio": ratio, "powersgd_warmup": 10},
+    )
     trainer = Trainer(DigitsCNN(32), cfg, metrics={"accuracy": accuracy})
     result = trainer.fit(splits["train"])
     test = trainer.evaluate(splits["test"], prefix="test")
-    return {"accuracy": test["test/accuracy"], "bytes_per_step": result.comm_bytes_per_step,
-            "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()}}
+    return {
+        "accuracy": test["test/accuracy"],
+        "bytes_per_step": result.comm_bytes_per_step,
+        "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+    }
 
 
 def hooks_suite() -> dict:

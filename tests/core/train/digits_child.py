@@ -46,11 +46,20 @@ def main() -> None:
     # Dropout makes the RNG state matter for exactness.
     model.head = torch.nn.Sequential(torch.nn.Dropout(0.2), model.head)
     cfg = TrainerConfig(
-        max_epochs=a.epochs, batch_size=32, grad_accum_steps=a.accum, deterministic=True,
-        progress="off", optimizer={"name": "adamw", "lr": 2e-3},
+        max_epochs=a.epochs,
+        batch_size=32,
+        grad_accum_steps=a.accum,
+        deterministic=True,
+        progress="off",
+        optimizer={"name": "adamw", "lr": 2e-3},
         schedule={"name": "cosine", "warmup_steps": 5},
-        checkpoint={"dir": a.ckpt, "every_n_steps": a.every, "keep_last": 3,
-                    "monitor": "val/accuracy", "resume": "auto" if a.resume else None},
+        checkpoint={
+            "dir": a.ckpt,
+            "every_n_steps": a.every,
+            "keep_last": 3,
+            "monitor": "val/accuracy",
+            "resume": "auto" if a.resume else None,
+        },
     )
     trainer = Trainer(model, cfg, metrics={"accuracy": accuracy}, callbacks=[Killer(a.kill_at)])
     if a.term_at_batch is not None:
@@ -66,7 +75,9 @@ def main() -> None:
         trainer.compute_loss = counting
     result = trainer.fit(splits["train"], splits["val"])
     save_file({k: v.contiguous() for k, v in trainer.model.state_dict().items()}, a.out)
-    print(f"RESULT step={result.global_step} preempted={result.preempted} resumed={result.resumed_from}")
+    print(
+        f"RESULT step={result.global_step} preempted={result.preempted} resumed={result.resumed_from}"
+    )
 
 
 if __name__ == "__main__":

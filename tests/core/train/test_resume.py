@@ -17,7 +17,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def run_child(*args: str, expect_rc: int = 0) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(CHILD), *args], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), *args], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == expect_rc, proc.stderr[-3000:]
     return proc
 
@@ -52,14 +54,33 @@ def test_sigterm_mid_accumulation_checkpoints_gradients_and_resumes_exactly(tmp_
     run_child(str(tmp_path / "ref_ckpt"), str(ref), "--accum", "3", "--epochs", "2", "--every", "0")
     ck = tmp_path / "ckpt"
     # Micro-batch 17 is the 2nd of an accumulation group of 3: the checkpoint holds gradients.
-    out = run_child(str(ck), str(tmp_path / "x"), "--accum", "3", "--epochs", "2", "--every", "0",
-                    "--term-at-batch", "17")
+    out = run_child(
+        str(ck),
+        str(tmp_path / "x"),
+        "--accum",
+        "3",
+        "--epochs",
+        "2",
+        "--every",
+        "0",
+        "--term-at-batch",
+        "17",
+    )
     assert "preempted=True" in out.stdout
     newest = ckpt.list_checkpoints(ck)[-1]
     meta = ckpt.read_meta(newest)
     assert meta["micro_step"] == 2 and meta["batch_in_epoch"] == 17
-    run_child(str(ck), str(tmp_path / "resumed.safetensors"), "--accum", "3", "--epochs", "2",
-              "--every", "0", "--resume")
+    run_child(
+        str(ck),
+        str(tmp_path / "resumed.safetensors"),
+        "--accum",
+        "3",
+        "--epochs",
+        "2",
+        "--every",
+        "0",
+        "--resume",
+    )
     assert_bit_identical(ref, tmp_path / "resumed.safetensors")
 
 

@@ -44,9 +44,15 @@ def _mlp() -> nn.Module:
 
 def test_accumulating_k_micro_batches_equals_one_large_batch(digits):
     sub = TensorDataset(*digits["train"][:256])
-    a = Trainer(_mlp(), small_cfg(batch_size=16, grad_accum_steps=4, max_steps=4, schedule={"name": "constant"}))
+    a = Trainer(
+        _mlp(),
+        small_cfg(batch_size=16, grad_accum_steps=4, max_steps=4, schedule={"name": "constant"}),
+    )
     a.fit(sub)
-    b = Trainer(_mlp(), small_cfg(batch_size=64, grad_accum_steps=1, max_steps=4, schedule={"name": "constant"}))
+    b = Trainer(
+        _mlp(),
+        small_cfg(batch_size=64, grad_accum_steps=1, max_steps=4, schedule={"name": "constant"}),
+    )
     b.fit(sub)
     assert a.global_step == b.global_step == 4
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
@@ -66,7 +72,9 @@ def test_partial_last_accumulation_group_is_scaled_by_its_own_size(digits):
 
 def test_fp16_step_with_injected_inf_is_skipped_and_scale_halves(digits):
     model = _mlp()
-    trainer = Trainer(model, small_cfg(precision="fp16", max_steps=3, schedule={"name": "constant"}))
+    trainer = Trainer(
+        model, small_cfg(precision="fp16", max_steps=3, schedule={"name": "constant"})
+    )
     calls = {"n": 0}
 
     def poison(grad):
@@ -80,7 +88,13 @@ def test_fp16_step_with_injected_inf_is_skipped_and_scale_halves(digits):
 
     class Record(Callback):
         def on_step_end(self, t, step, logs):
-            steps.append((logs["skipped"], logs["loss_scale"], [p.detach().clone() for p in t.model.parameters()]))
+            steps.append(
+                (
+                    logs["skipped"],
+                    logs["loss_scale"],
+                    [p.detach().clone() for p in t.model.parameters()],
+                )
+            )
 
     trainer.callbacks.append(Record())
     result = trainer.fit(TensorDataset(*digits["train"][:96]))
@@ -103,21 +117,28 @@ def test_repeated_nonfinite_loss_raises_a_clear_error(digits):
 
 
 def test_bf16_autocast_trains_on_cpu(digits):
-    trainer = Trainer(_mlp(), small_cfg(precision="bf16", max_epochs=2), metrics={"accuracy": accuracy})
+    trainer = Trainer(
+        _mlp(), small_cfg(precision="bf16", max_epochs=2), metrics={"accuracy": accuracy}
+    )
     trainer.fit(digits["train"])
     assert trainer.evaluate(digits["val"])["val/accuracy"] > 0.8
 
 
 def test_early_stopping_stops_when_monitored_metric_stalls(digits):
-    cfg = small_cfg(max_epochs=50, optimizer={"name": "sgd", "lr": 1e-9},  # nothing can improve
-                    early_stopping={"monitor": "val/accuracy", "mode": "max", "patience": 2})
+    cfg = small_cfg(
+        max_epochs=50,
+        optimizer={"name": "sgd", "lr": 1e-9},  # nothing can improve
+        early_stopping={"monitor": "val/accuracy", "mode": "max", "patience": 2},
+    )
     trainer = Trainer(_mlp(), cfg, metrics={"accuracy": accuracy})
     result = trainer.fit(TensorDataset(*digits["train"][:64]), digits["val"])
     assert result.stopped_early and result.epochs_completed == 3
 
 
 def test_ema_weights_are_an_average_not_the_last_weights(digits):
-    trainer = Trainer(_mlp(), small_cfg(ema_decay=0.9, max_epochs=2), metrics={"accuracy": accuracy})
+    trainer = Trainer(
+        _mlp(), small_cfg(ema_decay=0.9, max_epochs=2), metrics={"accuracy": accuracy}
+    )
     trainer.fit(digits["train"])
     ema_w = trainer.eval_model[1].weight
     assert not torch.equal(ema_w, trainer.model[1].weight)
@@ -148,7 +169,9 @@ def test_schedule_warmup_then_cosine_reaches_floor():
 
 def test_empty_training_set_is_a_data_error():
     with pytest.raises(DataError, match="training set is empty"):
-        Trainer(_mlp(), small_cfg()).fit(TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long)))
+        Trainer(_mlp(), small_cfg()).fit(
+            TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
+        )
 
 
 @pytest.mark.parametrize(
@@ -158,7 +181,10 @@ def test_empty_training_set_is_a_data_error():
         ({"grad_accum_steps": 0}, "grad_accum_steps must be >= 1"),
         ({"optimizer": {"name": "lion"}}, "unknown optimizer 'lion'"),
         ({"distributed": {"comm_hook": "topk", "topk_ratio": 0}}, "topk_ratio must lie in"),
-        ({"distributed": {"comm_hook": "powersgd", "powersgd_warmup": 1}}, "powersgd_warmup must be >= 2"),
+        (
+            {"distributed": {"comm_hook": "powersgd", "powersgd_warmup": 1}},
+            "powersgd_warmup must be >= 2",
+        ),
     ],
 )
 def test_config_errors_name_the_field_and_the_fix(kwargs, message):
@@ -170,7 +196,9 @@ def test_config_errors_name_the_field_and_the_fix(kwargs, message):
 def test_unknown_monitor_metric_is_a_config_error(digits):
     cfg = small_cfg(checkpoint={"monitor": "val/f1"})
     with pytest.raises(ConfigError, match="'val/f1' is not a logged metric"):
-        Trainer(_mlp(), cfg, metrics={"accuracy": accuracy}).fit(TensorDataset(*digits["train"][:32]), digits["val"])
+        Trainer(_mlp(), cfg, metrics={"accuracy": accuracy}).fit(
+            TensorDataset(*digits["train"][:32]), digits["val"]
+        )
 
 
 def test_mlflow_tracking_records_params_and_metrics_in_local_store(digits, data_root):
@@ -182,7 +210,9 @@ def test_mlflow_tracking_records_params_and_metrics_in_local_store(digits, data_
     trainer = Trainer(_mlp(), cfg, metrics={"accuracy": accuracy})
     trainer.fit(TensorDataset(*digits["train"][:320]), digits["val"])
     client = MlflowClient(default_tracking_uri())
-    assert default_tracking_uri().startswith("sqlite:///") and str(data_root) in default_tracking_uri()
+    assert (
+        default_tracking_uri().startswith("sqlite:///") and str(data_root) in default_tracking_uri()
+    )
     run = client.get_run(trainer.extra_meta["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["batch_size"] == "32" and run.data.params["optimizer.name"] == "sgd"
