@@ -177,20 +177,38 @@ class TopKHook(CommHook):
         self._layouts: dict[tuple[str, ...], list[tuple[str, int]]] = {}
         self._loaded: dict[str, torch.Tensor] = {}
 
+    def _per_param(self) -> dict[str, torch.Tensor]:
+        """Every residual known, sliced per parameter (loaded ones and live bucket ones)."""
+        out = dict(self._loaded)
+        for key, err in self._errors.items():
+            offset = 0
+            for name, numel in self._layouts[key]:
+                out[name] = err[offset : offset + numel]
+                offset += numel
+        return out
+
     def _error_for(
         self, key: tuple[str, ...], params: list[torch.Tensor], buf: torch.Tensor
     ) -> torch.Tensor:
         err = self._errors.get(key)
-        if err is not None and err.numel() == buf.numel():
+        if err is not None:
             return err
-        self._layouts[key] = [(self.param_names[id(p)], p.numel()) for p in params]
-        if all(name in self._loaded for name, _ in self._layouts[key]):
-            parts = [
-                self._loaded.pop(name).to(buf.device, buf.dtype).flatten()
-                for name, _ in self._layouts[key]
-            ]
-            return torch.cat(parts)
-        return torch.zeros_like(buf)
+        # A bucket layout not seen before: DDP rebuilds buckets after its first iteration (and
+        # again after a resume). Carry every parameter's residual over to the new layout.
+        known = self._per_param()
+        layout = [(self.param_names[id(p)], p.numel()) for p in params]
+        parts = [
+            known[name].to(buf.device, buf.dtype).flatten()
+            if name in known
+            else torch.zeros(numel, device=buf.device, dtype=buf.dtype)
+            for name, numel in layout
+        ]
+        names = {name for name, _ in layout}
+        for old in [k for k in self._errors if names.intersection(k)]:
+            del self._errors[old]
+        self._loaded = {n: t for n, t in self._loaded.items() if n not in names}
+        self._layouts[key] = layout
+        return torch.cat(parts) if parts else torch.zeros_like(buf)
 
     def hook(self, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
         buf = bucket.buffer()
@@ -218,12 +236,7 @@ class TopKHook(CommHook):
         return work.get_future().then(decode)
 
     def state_dict(self) -> dict[str, Any]:
-        per_param: dict[str, torch.Tensor] = dict(self._loaded)
-        for key, err in self._errors.items():
-            offset = 0
-            for name, numel in self._layouts[key]:
-                per_param[name] = err[offset : offset + numel].detach().cpu()
-                offset += numel
+        per_param = {n: t.detach().cpu().clone() for n, t in self._per_param().items()}
         return {**super().state_dict(), "ratio": self.ratio, "errors": per_param}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -559,7 +559,7 @@ class Trainer:
                 )
         with warnings.catch_warnings():
             # A skipped first step makes torch warn about call order; the schedule stays aligned.
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1

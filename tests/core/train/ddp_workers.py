@@ -93,3 +93,28 @@ def hooks_suite() -> dict:
         if torch.distributed.get_rank() != 0:
             v.pop("weights")
     return out
+
+
+def topk_run(ckpt_dir: str | None, max_steps: int, resume: bool) -> dict:
+    """Digits CNN, 2 ranks, topk 5% with error feedback; optionally checkpointed/resumed."""
+    splits = load_digits_splits(8, seed=0)
+    seed_everything(0)
+    cfg = TrainerConfig(
+        max_steps=max_steps,
+        batch_size=16,
+        progress="off",
+        seed=0,
+        deterministic=True,
+        optimizer={"name": "adamw", "lr": 3e-3},
+        schedule={"name": "constant"},
+        checkpoint={"dir": ckpt_dir, "resume": "auto" if resume else None},
+        distributed={"comm_hook": "topk", "topk_ratio": 0.05},
+    )
+    trainer = Trainer(DigitsCNN(16), cfg)
+    trainer.fit(splits["train"])
+    errors = trainer.comm_hook.state_dict()["errors"]
+    return {
+        "weights": {k: v.clone() for k, v in trainer.model.state_dict().items()},
+        "error_norm": float(sum(e.norm() ** 2 for e in errors.values()) ** 0.5),
+        "resumed": trainer.resume_info.get("path", ""),
+    }

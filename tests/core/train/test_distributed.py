@@ -80,3 +80,15 @@ def test_resuming_with_a_different_world_size_is_a_clear_error(tmp_path):
     messages = launch_local(ddp_workers.resume_expecting_error, 2, str(tmp_path))
     assert "written by 1 processes but this run has 2" in messages[0]
     assert "--nproc 1" in messages[0]
+
+
+def test_topk_error_feedback_is_checkpointed_and_restored_exactly(tmp_path):
+    full = launch_local(ddp_workers.topk_run, 2, None, 12, False)
+    first = launch_local(ddp_workers.topk_run, 2, str(tmp_path), 6, False)
+    assert first[0]["error_norm"] > 0  # there is residual state to lose
+    second = launch_local(ddp_workers.topk_run, 2, str(tmp_path), 12, True)
+    assert second[0]["resumed"].endswith("step-00000006")
+    for k, v in full[0]["weights"].items():
+        assert torch.equal(second[0]["weights"][k], v), k
+    # each rank keeps its own residual; both were restored
+    assert second[1]["error_norm"] == full[1]["error_norm"]

@@ -219,3 +219,16 @@ def test_mlflow_tracking_records_params_and_metrics_in_local_store(digits, data_
     hist = client.get_metric_history(run.info.run_id, "val_accuracy")
     assert [m.step for m in hist] == [10, 20]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4
+    assert "fit_result.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_like_eager(digits):
+    sub = TensorDataset(*digits["train"][:128])
+    eager = Trainer(_mlp(), small_cfg(max_epochs=2))
+    eager.fit(sub)
+    compiled = Trainer(_mlp(), small_cfg(max_epochs=2, compile=True))
+    compiled.fit(sub)
+    assert type(compiled._forward_model).__name__ == "OptimizedModule"
+    for pe, pc in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
+        torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5)
