@@ -232,3 +232,20 @@ def test_torch_compile_option_trains_like_eager(digits):
     assert type(compiled._forward_model).__name__ == "OptimizedModule"
     for pe, pc in zip(eager.model.parameters(), compiled.model.parameters(), strict=True):
         torch.testing.assert_close(pc, pe, rtol=1e-4, atol=1e-5)
+
+
+def test_keeps_last_n_checkpoints_plus_the_best(digits, tmp_path):
+    from core.train.checkpoint import list_checkpoints, read_meta
+
+    # accuracy peaks at epoch 2 of 5 and then falls: the best must survive keep_last=1
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.55])
+    cfg = small_cfg(
+        max_epochs=5,
+        checkpoint={"dir": str(tmp_path), "keep_last": 1, "monitor": "val/score", "mode": "max"},
+    )
+    trainer = Trainer(_mlp(), cfg, metrics={"score": lambda o, t: next(scores)})
+    result = trainer.fit(TensorDataset(*digits["train"][:64]), digits["val"])
+    kept = [p.name for p in list_checkpoints(tmp_path)]
+    assert kept == ["step-00000004", "step-00000010"]
+    assert result.best_checkpoint.endswith("step-00000004") and result.best_metric == 0.9
+    assert read_meta(tmp_path / "step-00000010")["best_checkpoint"].endswith("step-00000004")
