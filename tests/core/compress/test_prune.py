@@ -1,0 +1,340 @@
+"""Structured pruning: one graph pattern per test, then real architectures.
+
+The equivalence tests zero exactly half the channels of every prunable group (producer rows,
+norm parameters, consumer columns, through the graph's own coupling), prune at 50%, and
+require the pruned model to compute the same outputs as the original: a wrong coupling or
+offset would change them or break the forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.compress.graph import PruningError, build_graph
+from core.compress.prune import PruneConfig, _segments, prune
+from core.compress.report import count_params
+
+
+def zero_half(model: nn.Module, example: torch.Tensor) -> None:
+    g = build_graph(model, example)
+    frozen = g.frozen_roots()
+    with torch.no_grad():
+        for use in g.uses:
+            mod = model.get_submodule(use.module)
+            for r, off, n in _segments(g, use.layout):
+                if r in frozen or n <= 8:
+                    continue
+                idx = off + torch.arange(0, n, 2)
+                if use.role == "consumer":
+                    cols = (idx[:, None] * use.factor + torch.arange(use.factor)).flatten()
+                    mod.weight[:, cols] = 0
+                    continue
+                for attr in ("weight", "bias"):
+                    if getattr(mod, attr, None) is not None:
+                        getattr(mod, attr)[idx] = 0
+
+
+def check_equivalent_after_pruning(model: nn.Module, x: torch.Tensor, **cfg) -> object:
+    model.eval()
+    zero_half(model, x)
+    with torch.no_grad():
+        before = model(x)
+    n_before = count_params(model)
+    report = prune(model, x, PruneConfig(ratio=0.5, **cfg))
+    with torch.no_grad():
+        after = model(x)
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+    assert count_params(model) < n_before
+    assert not any("mask" in n for n, _ in model.named_buffers())
+    return report
+
+
+def bn_eval(m: nn.Module) -> nn.Module:
+    """Give batch norms non-trivial statistics so equivalence is a real check."""
+    g = torch.Generator().manual_seed(0)
+    for mod in m.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+            mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return m.eval()
+
+
+def test_conv_bn_relu_chain():
+    torch.manual_seed(0)
+    m = bn_eval(
+        nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 4, 1),
+        )
+    )
+    report = check_equivalent_after_pruning(m, torch.randn(2, 3, 16, 16))
+    assert m[0].out_channels == 16 and m[3].in_channels == 16 and m[4].num_features == 16
+    assert m[6].out_channels == 4  # the output is never pruned
+    assert report.frozen["6"] == "model output"
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.a = nn.Conv2d(32, 32, 3, padding=1)
+        self.bn = nn.BatchNorm2d(32)
+        self.b = nn.Conv2d(32, 32, 3, padding=1)
+        self.head = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x):
+        x = F.relu(self.stem(x))
+        y = self.b(F.relu(self.bn(self.a(x))))
+        return self.head(x + y)
+
+
+def test_residual_addition_couples_both_branches():
+    torch.manual_seed(0)
+    m = bn_eval(Residual())
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 12, 12))
+    assert m.stem.out_channels == m.b.out_channels == m.head.in_channels == 16
+    assert m.a.out_channels == 16
+
+
+class UNetSkip(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.dec = nn.Conv2d(32, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 1, 1)
+
+    def forward(self, x):
+        e = F.relu(self.enc(x))
+        u = self.up(F.relu(self.down(e)))
+        return self.out(F.relu(self.dec(torch.cat([e, u], dim=1))))
+
+
+def test_concatenation_keeps_offsets_for_the_consumer():
+    torch.manual_seed(0)
+    m = UNetSkip()
+    with pytest.raises(AssertionError):
+        # ConvTranspose2d has (in, out) weight layout; it is not treated as a plain conv
+        assert isinstance(m.up, nn.Conv2d)
+    m.up = nn.Upsample(scale_factor=2)
+    m.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 16, 16))
+    assert m.enc.out_channels == 8 and m.dec.in_channels == 16  # 8 + 8 through the concat
+
+
+def test_depthwise_convolution_is_sliced_with_its_input():
+    torch.manual_seed(0)
+    m = bn_eval(
+        nn.Sequential(
+            nn.Conv2d(3, 32, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, groups=32),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 8, 1),
+        )
+    )
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 8, 8))
+    assert m[3].groups == m[3].in_channels == m[3].out_channels == 16
+
+
+def test_grouped_convolution_is_kept_whole_and_reported():
+    m = nn.Sequential(
+        nn.Conv2d(3, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=4),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 2, 1),
+    )
+    report = prune(m, torch.randn(1, 3, 8, 8), PruneConfig(ratio=0.5))
+    assert m[2].in_channels == 32 and m[2].groups == 4
+    assert "grouped convolution 2" in report.frozen["0"]
+    assert m[4].out_channels == 16  # the group after it is still pruned
+
+
+class FlattenHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 3, padding=1)
+        self.fc = nn.Linear(16 * 4 * 4, 32)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.out(F.relu(self.fc(torch.flatten(x, 1))))
+
+
+def test_linear_after_flatten_drops_each_channels_spatial_block():
+    torch.manual_seed(0)
+    m = FlattenHead()
+    check_equivalent_after_pruning(m, torch.randn(2, 1, 8, 8))
+    assert m.conv.out_channels == 8 and m.fc.in_features == 8 * 16 and m.fc.out_features == 16
+
+
+def test_linear_after_global_pooling_and_view():
+    class GP(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3)
+            self.fc = nn.Linear(32, 5)
+
+        def forward(self, x):
+            x = F.adaptive_avg_pool2d(F.relu(self.conv(x)), 1)
+            return self.fc(x.view(x.size(0), -1))
+
+    torch.manual_seed(0)
+    m = GP()
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 9, 9))
+    assert m.fc.in_features == 16
+
+
+def test_excluded_layer_keeps_its_outputs():
+    m = nn.Sequential(
+        nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Conv2d(32, 2, 1)
+    )
+    report = prune(m, torch.randn(1, 3, 9, 9), PruneConfig(ratio=0.5, exclude=("2",)))
+    assert m[2].out_channels == 32 and m[0].out_channels == 16
+    assert report.frozen["2"] == "excluded: 2"
+
+
+def test_hard_coded_reshape_freezes_the_group_instead_of_breaking():
+    class Hard(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 32, 3, padding=1)
+            self.fc = nn.Linear(32 * 4, 4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.fc(y.reshape(y.shape[0] * 8, 32 * 4))
+
+    m = Hard()
+    report = prune(m, torch.randn(1, 3, 4, 8), PruneConfig(ratio=0.5))
+    assert m.conv.out_channels == 32 and "reshape" in report.frozen["conv"]
+
+
+def test_untraceable_model_raises_an_error_naming_it():
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.conv(x)
+            return self.conv(-x)
+
+    with pytest.raises(PruningError, match="cannot be traced") as exc:
+        prune(Branchy(), torch.randn(1, 3, 8, 8))
+    assert "Branchy" in str(exc.value) and "control flow" in str(exc.value)
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "taylor"])
+def test_importance_criteria_remove_the_weakest_channels(importance):
+    torch.manual_seed(0)
+    m = bn_eval(
+        nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 2, 1))
+    )
+    with torch.no_grad():  # channels 0..7 are weak under every criterion
+        m[0].weight[:8] *= 1e-3
+        m[1].weight[:8] *= 1e-3
+        m[3].weight[:, :8] *= 1e-3
+    if importance == "taylor":
+        m(torch.randn(4, 3, 8, 8)).sum().backward()
+    keep_w = m[0].weight[8:].detach().clone()
+    prune(m, torch.randn(1, 3, 8, 8), PruneConfig(ratio=0.5, importance=importance))
+    assert torch.equal(m[0].weight.detach(), keep_w)
+
+
+def test_taylor_without_gradients_is_a_clear_error():
+    m = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 2, 1))
+    with pytest.raises(PruningError, match="needs gradients"):
+        prune(m, torch.randn(1, 3, 8, 8), PruneConfig(importance="taylor"))
+
+
+def test_channel_counts_are_rounded_to_multiples():
+    m = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 2, 1))
+    prune(m, torch.randn(1, 3, 8, 8), PruneConfig(ratio=0.5, round_to=8))
+    assert m[0].out_channels == 24  # 20 rounded up to a multiple of 8
+
+
+def test_torchvision_resnet18_halved_is_3x_cheaper_and_equivalent():
+    import torchvision
+
+    torch.manual_seed(0)
+    m = bn_eval(torchvision.models.resnet18(num_classes=10))
+    report = check_equivalent_after_pruning(m, torch.randn(1, 3, 32, 32))
+    assert report.mac_ratio >= 3.0 and m.fc.out_features == 10
+
+
+def test_torchvision_mobilenet_v3_small_with_squeeze_excitation():
+    import torchvision
+
+    torch.manual_seed(0)
+    m = bn_eval(torchvision.models.mobilenet_v3_small(num_classes=10))
+    report = check_equivalent_after_pruning(m, torch.randn(1, 3, 64, 64))
+    assert report.mac_ratio > 1.5
+
+
+def test_timm_resnet_with_its_own_layers():
+    import timm
+
+    torch.manual_seed(0)
+    m = bn_eval(timm.create_model("resnet10t", num_classes=5, pretrained=False))
+    report = check_equivalent_after_pruning(m, torch.randn(1, 3, 32, 32))
+    assert report.mac_ratio >= 3.0
+
+
+class UNet3D(nn.Module):
+    """A small 3D U-Net with skip concatenations, input (B, 1, D, H, W)."""
+
+    def __init__(self, c: int = 16) -> None:
+        super().__init__()
+
+        def block(i, o):
+            return nn.Sequential(
+                nn.Conv3d(i, o, 3, padding=1, bias=False), nn.BatchNorm3d(o), nn.ReLU(inplace=True)
+            )
+
+        self.e1, self.e2, self.mid = block(1, c), block(c, 2 * c), block(2 * c, 2 * c)
+        self.d2, self.d1 = block(4 * c, c), block(2 * c, c)
+        self.out = nn.Conv3d(c, 2, 1)
+
+    def forward(self, x):
+        e1 = self.e1(x)
+        e2 = self.e2(F.max_pool3d(e1, 2))
+        m = self.mid(F.max_pool3d(e2, 2))
+        d2 = self.d2(torch.cat([F.interpolate(m, scale_factor=2.0), e2], dim=1))
+        d1 = self.d1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], dim=1))
+        return self.out(d1)
+
+
+def test_3d_unet_with_skip_concatenations():
+    torch.manual_seed(0)
+    m = bn_eval(UNet3D())
+    report = check_equivalent_after_pruning(m, torch.randn(1, 1, 8, 8, 8))
+    assert m.d2[0].in_channels == 32 and report.mac_ratio >= 3.0
+
+
+def test_global_scope_prunes_unequally_but_to_the_overall_ratio():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 64, 3), nn.ReLU(), nn.Conv2d(64, 2, 1)
+    )
+    with torch.no_grad():
+        m[0].weight *= 10  # the first layer matters more
+        m[2].weight[:, :] *= 1.0
+    prune(m, torch.randn(1, 3, 12, 12), PruneConfig(ratio=0.5, scope="global"))
+    assert m[0].out_channels != m[2].out_channels
