@@ -1,0 +1,165 @@
+"""Export to ONNX (dynamic batch axis) and ``torch.export``, each with a parity check.
+
+:func:`export_onnx` writes ``model.onnx`` through ``torch.onnx.export`` (the dynamo-based
+exporter), opens it in ONNX Runtime and compares its outputs with PyTorch's on the example
+*and* on a batch of a different size (the dynamic axis must really be dynamic). Above the
+tolerance it raises :class:`ParityError` and leaves no file behind. :func:`export_program`
+does the same for ``torch.export`` (``.pt2``). Not here: quantization (see
+:mod:`core.compress.quantize`), which starts from the exported ONNX file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.compress.report import ort_session
+from core.errors import DVError
+
+
+class ParityError(DVError):
+    """An exported model's outputs differ from PyTorch's by more than the tolerance."""
+
+
+class ExportError(DVError):
+    """The model cannot be exported (unsupported op, wrong example shape)."""
+
+
+@dataclass
+class Parity:
+    """Largest absolute and relative output differences against PyTorch."""
+
+    max_abs: float
+    max_rel: float
+    batch_sizes: tuple[int, ...]
+
+    def ok(self, atol: float, rtol: float) -> bool:
+        return self.max_abs <= atol or self.max_rel <= rtol
+
+
+def _compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
+    diff = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+    scale = np.abs(ref).max() + 1e-12
+    return float(diff.max()), float(diff.max() / scale)
+
+
+def _other_batch(example: torch.Tensor) -> torch.Tensor:
+    reps = [3] + [1] * (example.dim() - 1)
+    return example.repeat(*reps) + 0.01 * torch.randn_like(example.repeat(*reps))
+
+
+def export_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    *,
+    opset: int = 18,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> Parity:
+    """Export ``model`` to ONNX at ``path`` (input ``input``, output ``output``, dynamic batch)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    tmp = path.with_name(f".tmp-{path.name}")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (example,),
+                str(tmp),
+                dynamo=True,
+                external_data=False,
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=opset,
+                dynamic_shapes=({0: batch},),
+            )
+    except Exception as exc:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(
+            f"ONNX export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+            where=type(model).__name__,
+            fix="check the example input's shape and dtype; replace unsupported ops",
+        ) from exc
+    try:
+        parity = onnx_parity(model, tmp, example)
+        if not parity.ok(atol, rtol):
+            raise ParityError(
+                f"ONNX output differs from PyTorch (max abs {parity.max_abs:.3g}, "
+                f"max rel {parity.max_rel:.3g}; tolerance {atol:g} abs or {rtol:g} rel)",
+                where=str(path),
+                fix="look for ops exported with different semantics",
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return parity
+
+
+@torch.no_grad()
+def onnx_parity(
+    model: nn.Module, onnx_path: str | os.PathLike[str], example: torch.Tensor
+) -> Parity:
+    """Compare ONNX Runtime with PyTorch on ``example`` and on a batch of another size."""
+    sess = ort_session(onnx_path)
+    worst_abs = worst_rel = 0.0
+    sizes = []
+    for x in (example, _other_batch(example)):
+        ref = model(x).float().numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        a, r = _compare(ref, got)
+        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+        sizes.append(x.shape[0])
+    return Parity(worst_abs, worst_rel, tuple(sizes))
+
+
+def export_program(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: str | os.PathLike[str],
+    *,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> Parity:
+    """``torch.export`` with a dynamic batch dim, saved as ``.pt2``, with a parity check."""
+    model = model.eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    except Exception as exc:
+        raise ExportError(
+            f"torch.export failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+            where=type(model).__name__,
+            fix="remove data-dependent control flow",
+        ) from exc
+    worst_abs = worst_rel = 0.0
+    sizes = []
+    with torch.no_grad():
+        for x in (example, _other_batch(example)):
+            a, r = _compare(model(x).numpy(), program.module()(x).numpy())
+            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+            sizes.append(x.shape[0])
+    parity = Parity(worst_abs, worst_rel, tuple(sizes))
+    if not parity.ok(atol, rtol):
+        raise ParityError(
+            f"exported program differs from the model (max abs {parity.max_abs:.3g})",
+            where=str(path),
+            fix="check for ops with training/eval differences",
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    torch.export.save(program, str(tmp))
+    os.replace(tmp, path)
+    return parity

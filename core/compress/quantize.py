@@ -1,0 +1,338 @@
+"""INT8 quantization as one verb plus a config: ``quantize(model, Int8StaticConfig(...), ...)``.
+
+* :class:`Int8StaticConfig` — static post-training INT8 as an ONNX **QDQ** model run by ONNX
+  Runtime (uint8 activations, int8 weights). Calibration ``minmax``, ``percentile``,
+  ``entropy`` (ONNX Runtime's calibrators) or ``mse`` (ours: for every activation, a search
+  over clipping ranges that minimises the quantization mean-squared error on the calibration
+  activations). Weights per channel or per tensor. ``reduce_range="auto"`` uses 7-bit weights
+  when the CPU lacks VNNI (AVX2's ``vpmaddubsw`` saturates on full 8-bit products).
+* :class:`Int8DynamicConfig` — dynamic INT8 for MatMul/Gemm/LSTM-heavy models (transformers):
+  weights quantized ahead of time, activations per batch at run time.
+
+A PyTorch model is exported first (:func:`core.compress.export.export_onnx`, with its parity
+check); an ONNX path is used as is. The result is a :class:`QuantizedModel` holding the path
+of the written ``.onnx`` and the choices made. Dispatch is by config type
+(``functools.singledispatch``), so a new scheme is a new config class plus one function.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has an 8-bit dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+@dataclass
+class Int8StaticConfig:
+    """Static post-training INT8 (ONNX QDQ, run by ONNX Runtime)."""
+
+    calibration: Literal["minmax", "percentile", "entropy", "mse"] = "minmax"  # activation ranges
+    per_channel: bool = True  # one weight scale per output channel (else per tensor)
+    reduce_range: bool | Literal["auto"] = "auto"  # 7-bit weights; auto: when the CPU lacks VNNI
+    percentile: float = 99.999  # percentile calibration: kept fraction of |activations|, in %
+    exclude_nodes: tuple[str, ...] = ()  # ONNX node names left in float (mixed precision)
+    max_calibration_batches: int = 32  # at most this many batches are read
+
+    def __post_init__(self) -> None:
+        if self.calibration not in ("minmax", "percentile", "entropy", "mse"):
+            raise ConfigError(
+                f"unknown calibration {self.calibration!r}",
+                fix="use minmax, percentile, entropy or mse",
+            )
+        if not 90.0 < self.percentile <= 100.0:
+            raise ConfigError("percentile must lie in (90, 100]", fix="use e.g. 99.999")
+        self.exclude_nodes = tuple(self.exclude_nodes)
+
+    def resolved_reduce_range(self) -> bool:
+        return (not cpu_has_vnni()) if self.reduce_range == "auto" else bool(self.reduce_range)
+
+
+@dataclass
+class Int8DynamicConfig:
+    """Dynamic INT8 (weights ahead of time, activations per batch) for MatMul/Gemm/LSTM."""
+
+    per_channel: bool = False  # per-column weight scales
+    reduce_range: bool | Literal["auto"] = "auto"
+    op_types: tuple[str, ...] = ("MatMul", "Gemm", "LSTM", "Attention")  # ops to quantize
+    exclude_nodes: tuple[str, ...] = ()
+
+    def resolved_reduce_range(self) -> bool:
+        return (not cpu_has_vnni()) if self.reduce_range == "auto" else bool(self.reduce_range)
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized ONNX model on disk and how it was made."""
+
+    path: Path
+    config: dict[str, Any]
+    reduce_range: bool
+    excluded_nodes: list[str] = field(default_factory=list)
+
+    def session(self, threads: int | None = None) -> Any:
+        from core.compress.report import ort_session
+
+        return ort_session(self.path, threads)
+
+
+def quantize(
+    model: nn.Module | str | os.PathLike[str],
+    config: Any,
+    *,
+    out: str | os.PathLike[str],
+    calibration: Iterable[np.ndarray | torch.Tensor] | None = None,
+    example: torch.Tensor | None = None,
+) -> QuantizedModel:
+    """Quantize ``model`` (a PyTorch module or an ONNX path) by ``config``; writes ``out``."""
+    return _quantize(config, model, Path(out), calibration, example)
+
+
+@functools.singledispatch
+def _quantize(config: Any, model: Any, out: Path, calibration: Any, example: Any) -> QuantizedModel:
+    raise ConfigError(
+        f"no quantization scheme for config type {type(config).__name__}",
+        fix="pass Int8StaticConfig or Int8DynamicConfig",
+    )
+
+
+def _as_onnx(
+    model: nn.Module | str | os.PathLike[str], example: torch.Tensor | None, workdir: Path
+) -> Path:
+    if isinstance(model, nn.Module):
+        if example is None:
+            raise ConfigError(
+                "quantizing a PyTorch model needs an example input for export",
+                fix="pass example=<a batch of inputs>",
+            )
+        from core.compress.export import export_onnx
+
+        path = workdir / "fp32.onnx"
+        export_onnx(model, example, path)
+        return path
+    path = Path(model)
+    if not path.is_file():
+        raise DataError("ONNX model not found", where=str(path), fix="export the model first")
+    return path
+
+
+def _preprocess(src: Path, dst: Path) -> Path:
+    """ONNX Runtime's recommended pre-processing (shape inference + graph optimisation)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst
+    except Exception as exc:  # pre-processing is an optimisation, never a requirement
+        log.warning("quantization pre-processing skipped (%s)", exc)
+        return src
+
+
+class _Reader:
+    """An ONNX Runtime CalibrationDataReader over numpy/torch batches."""
+
+    def __init__(self, name: str, batches: Sequence[np.ndarray]) -> None:
+        self.name, self.batches, self.i = name, batches, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {self.name: self.batches[self.i - 1]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _calibration_batches(calibration: Iterable[Any] | None, limit: int) -> list[np.ndarray]:
+    if calibration is None:
+        raise DataError(
+            "static quantization needs calibration data", fix="pass calibration=<batches>"
+        )
+    batches = []
+    for i, b in enumerate(calibration):
+        if i >= limit:
+            break
+        if isinstance(b, list | tuple):
+            b = b[0]
+        arr = b.detach().cpu().numpy() if isinstance(b, torch.Tensor) else np.asarray(b)
+        arr = arr.astype(np.float32, copy=False)
+        if not np.isfinite(arr).all():
+            raise DataError(
+                f"calibration batch {i} holds NaN or inf",
+                where=f"calibration batch {i}",
+                fix="clean the calibration data",
+            )
+        batches.append(arr)
+    if not batches:
+        raise DataError("the calibration set is empty", fix="pass at least one batch")
+    return batches
+
+
+@_quantize.register
+def _(
+    config: Int8StaticConfig, model: Any, out: Path, calibration: Any, example: Any
+) -> QuantizedModel:
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    batches = _calibration_batches(calibration, config.max_calibration_batches)
+    reduce_range = config.resolved_reduce_range()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
+        tmp = Path(tmpd)
+        src = _preprocess(_as_onnx(model, example, tmp), tmp / "pre.onnx")
+        input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
+        reader = _Reader(input_name, batches)
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+            "mse": CalibrationMethod.MinMax,
+        }[config.calibration]
+        extra: dict[str, Any] = (
+            {"CalibPercentile": config.percentile} if config.calibration == "percentile" else {}
+        )
+        cache = None
+        if config.calibration == "mse":
+            cache = tmp / "mse_ranges.json"
+            _write_mse_cache(src, input_name, batches, cache)
+        tmp_out = tmp / "int8.onnx"
+        quantize_static(
+            str(src),
+            str(tmp_out),
+            calibration_data_reader=None if cache else reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(config.exclude_nodes),
+            calibrate_method=method,
+            extra_options=extra,
+            calibration_cache_path=str(cache) if cache else None,
+        )
+        os.replace(tmp_out, out)
+    return QuantizedModel(out, asdict(config), reduce_range, list(config.exclude_nodes))
+
+
+def _write_mse_cache(
+    model_path: Path, input_name: str, batches: list[np.ndarray], cache: Path
+) -> None:
+    """Per-tensor clipping ranges minimising uint8 quantization MSE, as an ORT calibration cache."""
+    import onnx
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        TensorData,
+        TensorsData,
+        save_tensors_data,
+    )
+
+    from core.compress.report import ort_session
+
+    m = onnx.load(str(model_path))
+    inferred = onnx.shape_inference.infer_shapes(m)
+    float_t = onnx.TensorProto.FLOAT
+    typed = {
+        vi.name
+        for vi in list(inferred.graph.value_info) + list(inferred.graph.output)
+        if vi.type.tensor_type.elem_type == float_t
+    }
+    inits = {i.name for i in m.graph.initializer}
+    existing = {o.name for o in m.graph.output}
+    names = [input_name] + [
+        o for n in m.graph.node for o in n.output if o in typed and o not in inits
+    ]
+    for name in names:
+        if name not in existing:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(name, float_t, None))
+            existing.add(name)
+    aug = model_path.with_name("mse_augmented.onnx")
+    onnx.save(m, str(aug))
+    sess = ort_session(aug)
+    out_names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(0)
+    samples: dict[str, list[np.ndarray]] = {n: [] for n in out_names}
+    lo: dict[str, float] = {}
+    hi: dict[str, float] = {}
+    for b in batches:
+        for name, val in zip(out_names, sess.run(None, {input_name: b}), strict=True):
+            flat = np.asarray(val, dtype=np.float32).ravel()
+            if flat.size == 0:
+                continue
+            lo[name] = min(lo.get(name, np.inf), float(flat.min()))
+            hi[name] = max(hi.get(name, -np.inf), float(flat.max()))
+            take = flat if flat.size <= 8192 else rng.choice(flat, 8192, replace=False)
+            samples[name].append(take)
+    data = {}
+    for name in lo:
+        x = np.concatenate(samples[name])
+        best_lo, best_hi = _mse_range(x, lo[name], hi[name])
+        data[name] = TensorData(lowest=np.float32(best_lo), highest=np.float32(best_hi))
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
+
+
+def _mse_range(x: np.ndarray, lo: float, hi: float, steps: int = 40) -> tuple[float, float]:
+    """Search ``[a*lo, a*hi]`` for ``a`` in (0.2, 1] minimising uint8 round-trip MSE on ``x``."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    if hi - lo <= 0:
+        return lo, hi
+    best, best_err = (lo, hi), np.inf
+    for a in np.linspace(1.0, 0.2, steps):
+        a_lo, a_hi = lo * a, hi * a
+        scale = (a_hi - a_lo) / 255.0
+        zp = np.round(-a_lo / scale)
+        q = np.clip(np.round(x / scale) + zp, 0, 255)
+        err = float(np.mean((x - (q - zp) * scale) ** 2))
+        if err < best_err:
+            best, best_err = (a_lo, a_hi), err
+    return best
+
+
+@_quantize.register
+def _(
+    config: Int8DynamicConfig, model: Any, out: Path, calibration: Any, example: Any
+) -> QuantizedModel:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    reduce_range = config.resolved_reduce_range()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
+        tmp = Path(tmpd)
+        src = _preprocess(_as_onnx(model, example, tmp), tmp / "pre.onnx")
+        tmp_out = tmp / "int8.onnx"
+        quantize_dynamic(
+            str(src),
+            str(tmp_out),
+            op_types_to_quantize=list(config.op_types),
+            per_channel=config.per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(config.exclude_nodes),
+        )
+        os.replace(tmp_out, out)
+    return QuantizedModel(out, asdict(config), reduce_range, list(config.exclude_nodes))

@@ -1,0 +1,150 @@
+"""BN folding, ONNX/torch.export parity, and INT8 quantization on a trained digits CNN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from core.compress.export import ExportError, ParityError, export_onnx, export_program
+from core.compress.fuse import fuse
+from core.compress.quantize import Int8DynamicConfig, Int8StaticConfig, cpu_has_vnni, quantize
+from core.compress.report import ort_session
+from core.errors import ConfigError, DataError
+from core.reference.digits import DigitsCNN, load_digits_splits
+from core.train import Trainer, TrainerConfig, accuracy, seed_everything
+
+
+@pytest.fixture(scope="module")
+def trained():
+    splits = load_digits_splits(16, seed=0)
+    seed_everything(0)
+    model = DigitsCNN(32)
+    cfg = TrainerConfig(max_epochs=3, batch_size=32, progress="off", optimizer={"lr": 3e-3})
+    Trainer(model, cfg, metrics={"accuracy": accuracy}).fit(splits["train"])
+    return model.eval(), splits
+
+
+def ort_accuracy(path, dataset) -> float:
+    sess = ort_session(path)
+    x, y = dataset[:]
+    logits = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def test_fuse_folds_every_bn_and_keeps_outputs(trained):
+    model, splits = trained
+    import copy
+
+    fused = copy.deepcopy(model)
+    pairs = fuse(fused)
+    assert [p[1] for p in pairs] == ["features.1", "features.4", "features.8"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    x = splits["val"][:][0]
+    with torch.no_grad():
+        assert float((fused(x) - model(x)).abs().max()) < 1e-5
+
+
+def test_onnx_export_has_a_dynamic_batch_and_passes_parity(trained, tmp_path):
+    model, splits = trained
+    x = splits["val"][:4][0]
+    parity = export_onnx(model, x, tmp_path / "m.onnx")
+    assert parity.batch_sizes == (4, 12) and parity.max_abs < 1e-4
+    sess = ort_session(tmp_path / "m.onnx")
+    assert sess.run(None, {"input": splits["val"][:1][0].numpy()})[0].shape == (1, 10)
+
+
+def test_parity_gate_fails_and_leaves_no_file(trained, tmp_path):
+    model, splits = trained
+
+    class Drifting(nn.Module):  # computes something else while being exported
+        def __init__(self) -> None:
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            return self.m(x) + (0.5 if torch.compiler.is_exporting() else 0.0)
+
+    with pytest.raises(ParityError, match="ONNX output differs"):
+        export_onnx(Drifting(), splits["val"][:4][0], tmp_path / "bad.onnx")
+    assert not list(tmp_path.iterdir())
+
+
+def test_wrong_input_shape_is_an_export_error(trained, tmp_path):
+    model, _ = trained
+    with pytest.raises(ExportError, match="ONNX export failed"):
+        export_onnx(model, torch.zeros(2, 3, 16), tmp_path / "m.onnx")
+
+
+def test_torch_export_program_round_trips(trained, tmp_path):
+    model, splits = trained
+    parity = export_program(model, splits["val"][:4][0], tmp_path / "m.pt2")
+    assert parity.max_abs < 1e-5
+    program = torch.export.load(str(tmp_path / "m.pt2"))
+    x = splits["val"][:7][0]
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("calibration", ["minmax", "percentile", "entropy", "mse"])
+def test_static_int8_keeps_accuracy_and_is_4x_smaller(trained, tmp_path, calibration):
+    model, splits = trained
+    x = splits["val"][:4][0]
+    export_onnx(model, x, tmp_path / "fp32.onnx")
+    calib = [splits["train"][i : i + 32][0] for i in range(0, 256, 32)]
+    q = quantize(
+        tmp_path / "fp32.onnx",
+        Int8StaticConfig(calibration=calibration),
+        out=tmp_path / "int8.onnx",
+        calibration=calib,
+    )
+    assert q.reduce_range == (not cpu_has_vnni())
+    fp32_acc = ort_accuracy(tmp_path / "fp32.onnx", splits["test"])
+    int8_acc = ort_accuracy(q.path, splits["test"])
+    assert int8_acc >= fp32_acc - 0.02
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(q.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ratio = (tmp_path / "fp32.onnx").stat().st_size / q.path.stat().st_size
+    assert ratio > 2.5  # this small model has fixed overheads; benchmarks measure the ResNet
+
+
+def test_static_quantization_rejects_empty_or_nan_calibration(trained, tmp_path):
+    model, splits = trained
+    export_onnx(model, splits["val"][:4][0], tmp_path / "fp32.onnx")
+    with pytest.raises(DataError, match="calibration set is empty"):
+        quantize(
+            tmp_path / "fp32.onnx", Int8StaticConfig(), out=tmp_path / "q.onnx", calibration=[]
+        )
+    bad = splits["train"][:8][0].clone()
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(DataError, match="calibration batch 0 holds NaN"):
+        quantize(
+            tmp_path / "fp32.onnx", Int8StaticConfig(), out=tmp_path / "q.onnx", calibration=[bad]
+        )
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_quantize_dispatches_by_config_type(tmp_path):
+    with pytest.raises(ConfigError, match="no quantization scheme for config type dict"):
+        quantize(tmp_path / "x.onnx", {"bits": 8}, out=tmp_path / "q.onnx")
+    with pytest.raises(ConfigError, match="unknown calibration 'kl'"):
+        Int8StaticConfig(calibration="kl")
+
+
+def test_dynamic_int8_on_a_linear_model_from_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 64)).eval()
+    x = torch.randn(8, 64)
+    q = quantize(model, Int8DynamicConfig(), out=tmp_path / "dyn.onnx", example=x)
+    got = ort_session(q.path).run(None, {"input": x.numpy()})[0]
+    ref = model(x).detach().numpy()
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.99
+    import onnx
+
+    assert "MatMulInteger" in {
+        n.op_type for n in onnx.load(str(q.path)).graph.node
+    } or "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(q.path)).graph.node}
