@@ -8,6 +8,11 @@
   when the CPU lacks VNNI (AVX2's ``vpmaddubsw`` saturates on full 8-bit products).
 * :class:`Int8DynamicConfig` — dynamic INT8 for MatMul/Gemm/LSTM-heavy models (transformers):
   weights quantized ahead of time, activations per batch at run time.
+* :class:`Int8PT2EConfig` — the PyTorch-native path for users who stay in PyTorch:
+  ``torch.export`` + pt2e with the x86 quantizer (torchao), calibrated, converted. Real INT8
+  kernels come from ``torch.compile`` (inductor) on x86; in eager it runs the reference ops.
+* :func:`prepare_qat` / :func:`convert_qat` — quantization-aware training: fake-quant the
+  exported model, fine-tune it with ``core.train.Trainer``, then convert.
 
 A PyTorch model is exported first (:func:`core.compress.export.export_onnx`, with its parity
 check); an ONNX path is used as is. The result is a :class:`QuantizedModel` holding the path
@@ -53,6 +58,7 @@ class Int8StaticConfig:
     reduce_range: bool | Literal["auto"] = "auto"  # 7-bit weights; auto: when the CPU lacks VNNI
     percentile: float = 99.999  # percentile calibration: kept fraction of |activations|, in %
     exclude_nodes: tuple[str, ...] = ()  # ONNX node names left in float (mixed precision)
+    include_nodes: tuple[str, ...] = ()  # when set, only these nodes are quantized (sensitivity)
     max_calibration_batches: int = 32  # at most this many batches are read
 
     def __post_init__(self) -> None:
@@ -64,6 +70,7 @@ class Int8StaticConfig:
         if not 90.0 < self.percentile <= 100.0:
             raise ConfigError("percentile must lie in (90, 100]", fix="use e.g. 99.999")
         self.exclude_nodes = tuple(self.exclude_nodes)
+        self.include_nodes = tuple(self.include_nodes)
 
     def resolved_reduce_range(self) -> bool:
         return (not cpu_has_vnni()) if self.reduce_range == "auto" else bool(self.reduce_range)
@@ -83,13 +90,21 @@ class Int8DynamicConfig:
 
 
 @dataclass
-class QuantizedModel:
-    """A quantized ONNX model on disk and how it was made."""
+class Int8PT2EConfig:
+    """PyTorch-native static INT8: torch.export + pt2e, X86InductorQuantizer (torchao)."""
 
-    path: Path
+    max_calibration_batches: int = 32  # at most this many calibration batches are run
+
+
+@dataclass
+class QuantizedModel:
+    """A quantized model (an ONNX file, or a PyTorch module for pt2e/QAT) and how it was made."""
+
+    path: Path | None
     config: dict[str, Any]
     reduce_range: bool
     excluded_nodes: list[str] = field(default_factory=list)
+    module: nn.Module | None = None
 
     def session(self, threads: int | None = None) -> Any:
         from core.compress.report import ort_session
@@ -106,7 +121,7 @@ def quantize(
     example: torch.Tensor | None = None,
 ) -> QuantizedModel:
     """Quantize ``model`` (a PyTorch module or an ONNX path) by ``config``; writes ``out``."""
-    return _quantize(config, model, Path(out), calibration, example)
+    return _quantize(config, model, Path(out) if out is not None else None, calibration, example)
 
 
 @functools.singledispatch
@@ -147,6 +162,11 @@ def _preprocess(src: Path, dst: Path) -> Path:
     except Exception as exc:  # pre-processing is an optimisation, never a requirement
         log.warning("quantization pre-processing skipped (%s)", exc)
         return src
+
+
+def _need_out(out: Path | None) -> None:
+    if out is None:
+        raise ConfigError("ONNX quantization writes a file", fix="pass out=<path>.onnx")
 
 
 class _Reader:
@@ -200,6 +220,7 @@ def _(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    _need_out(out)
     batches = _calibration_batches(calibration, config.max_calibration_batches)
     reduce_range = config.resolved_reduce_range()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -319,6 +340,7 @@ def _(
 ) -> QuantizedModel:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    _need_out(out)
     reduce_range = config.resolved_reduce_range()
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
@@ -336,3 +358,82 @@ def _(
         )
         os.replace(tmp_out, out)
     return QuantizedModel(out, asdict(config), reduce_range, list(config.exclude_nodes))
+
+
+def _x86_quantizer(is_qat: bool) -> Any:
+    from core.errors import require
+
+    require("torchao", feature="PyTorch-native (pt2e) quantization")
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+def _export_for_quant(model: nn.Module, example: torch.Tensor | None) -> Any:
+    if example is None:
+        raise ConfigError("pt2e quantization needs an example input", fix="pass example=<a batch>")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+
+
+@_quantize.register
+def _(
+    config: Int8PT2EConfig, model: Any, out: Path, calibration: Any, example: Any
+) -> QuantizedModel:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not isinstance(model, nn.Module):
+        raise ConfigError(
+            "Int8PT2EConfig quantizes PyTorch modules", fix="pass the nn.Module, not an ONNX path"
+        )
+    batches = _calibration_batches(calibration, config.max_calibration_batches)
+    prepared = prepare_pt2e(_export_for_quant(model.eval(), example), _x86_quantizer(is_qat=False))
+    with torch.no_grad():
+        for b in batches:
+            prepared(torch.from_numpy(b))
+    converted = convert_pt2e(prepared)
+    return QuantizedModel(None, asdict(config), False, module=converted)
+
+
+class QATModel(nn.Module):
+    """A fake-quantized exported model that ``core.train.Trainer`` can fine-tune.
+
+    Exported graphs cannot switch train/eval by ``Module.train``; this wrapper does it the
+    pt2e way (``move_exported_model_to_train/eval``) so the Trainer's calls just work.
+    """
+
+    def __init__(self, graph_module: nn.Module) -> None:
+        super().__init__()
+        self.gm = graph_module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gm(x)
+
+    def train(self, mode: bool = True) -> QATModel:
+        from torchao.quantization.pt2e import (
+            move_exported_model_to_eval,
+            move_exported_model_to_train,
+        )
+
+        self.training = mode
+        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.gm)
+        return self
+
+
+def prepare_qat(model: nn.Module, example: torch.Tensor) -> QATModel:
+    """Insert fake-quantization (INT8, x86 scheme) for quantization-aware fine-tuning."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model.train()
+    prepared = prepare_qat_pt2e(_export_for_quant(model, example), _x86_quantizer(is_qat=True))
+    return QATModel(prepared).train()
+
+
+def convert_qat(model: QATModel) -> nn.Module:
+    """Freeze observers and convert a fine-tuned :class:`QATModel` to a quantized module."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    model.eval()
+    return convert_pt2e(model.gm)

@@ -148,3 +148,38 @@ def test_dynamic_int8_on_a_linear_model_from_pytorch(tmp_path):
     assert "MatMulInteger" in {
         n.op_type for n in onnx.load(str(q.path)).graph.node
     } or "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(q.path)).graph.node}
+
+
+@pytest.mark.slow
+def test_pt2e_static_int8_in_pytorch_keeps_accuracy(trained):
+    from core.compress.quantize import Int8PT2EConfig
+
+    model, splits = trained
+    calib = [splits["train"][i : i + 32][0] for i in range(0, 128, 32)]
+    q = quantize(model, Int8PT2EConfig(), out=None, calibration=calib, example=splits["val"][:4][0])
+    x, y = splits["test"][:]
+    with torch.no_grad():
+        q_acc = (q.module(x).argmax(1) == y).float().mean().item()
+        f_acc = (model(x).argmax(1) == y).float().mean().item()
+    assert q_acc >= f_acc - 0.02
+    assert any("quantize_per_tensor" in str(n.target) for n in q.module.graph.nodes)
+
+
+@pytest.mark.slow
+def test_qat_fine_tunes_through_the_trainer_then_converts(trained):
+    import copy
+
+    from core.compress.quantize import convert_qat, prepare_qat
+
+    model, splits = trained
+    qat = prepare_qat(copy.deepcopy(model), splits["train"][:4][0])
+    cfg = TrainerConfig(
+        max_epochs=1, batch_size=32, progress="off", optimizer={"name": "sgd", "lr": 1e-3}
+    )
+    trainer = Trainer(qat, cfg, metrics={"accuracy": accuracy})
+    trainer.fit(splits["train"])
+    assert trainer.evaluate(splits["test"])["val/accuracy"] > 0.9
+    converted = convert_qat(qat)
+    x, y = splits["test"][:]
+    with torch.no_grad():
+        assert (converted(x).argmax(1) == y).float().mean().item() > 0.9
