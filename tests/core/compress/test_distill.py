@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.compress.distill import DistillConfig, DistillationTrainer, Distiller, distillation_loss
+from core.compress.distill import DistillationTrainer, DistillConfig, Distiller, distillation_loss
 from core.errors import ConfigError
 from core.reference.digits import DigitsCNN, load_digits_splits
 from core.train import Trainer, TrainerConfig, accuracy, seed_everything
