@@ -38,6 +38,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_engine.py
+	$(PY) benchmarks/compress.py
 
 clean:
 	rm -rf $(VENV) data/runs data/mlflow data/prefect .pytest_cache

@@ -2,6 +2,7 @@
 
 ``dv train digits`` trains the reference digits CNN through the engine (``--nproc 2`` relaunches
 itself under torchrun; ``torchrun --nproc-per-node 2 -m core.cli train digits`` works too).
+``dv prune | quantize | export | bench MODEL_DIR`` compress and measure a model directory.
 Thin by rule: it parses options, builds the same config dataclasses Python callers build,
 calls the library and reports.
 """
@@ -107,6 +108,128 @@ def train(
                 indent=2,
             )
         )
+
+
+@app.command()
+@exits_on_error
+def prune(
+    model_dir: Annotated[Path, typer.Argument(help="model directory to prune")],
+    out: Annotated[Path, typer.Option(help="pruned model directory to write")],
+    ratio: Annotated[float, typer.Option(help="fraction of channels to remove")] = 0.5,
+    importance: Annotated[str, typer.Option(help="l1 | l2 | bn_scale | taylor")] = "l1",
+    scope: Annotated[str, typer.Option(help="local | global")] = "local",
+    exclude: Annotated[
+        list[str] | None, typer.Option(help="module whose outputs are kept (repeatable)")
+    ] = None,
+) -> None:
+    """Structured channel pruning: a genuinely smaller model, then fine-tune it."""
+    from core.compress.prune import PruneConfig
+    from core.compress.workflow import prune_model_dir
+
+    cfg = PruneConfig(ratio=ratio, importance=importance, scope=scope, exclude=tuple(exclude or ()))
+    r = prune_model_dir(model_dir, out, cfg)
+    print(
+        json.dumps(
+            {
+                "out": str(out),
+                "macs_before": r.macs_before,
+                "macs_after": r.macs_after,
+                "mac_reduction": round(r.mac_ratio, 3),
+                "params_before": r.params_before,
+                "params_after": r.params_after,
+                "frozen": r.frozen,
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command()
+@exits_on_error
+def quantize(
+    model_dir: Annotated[Path, typer.Argument(help="model directory to quantize")],
+    out: Annotated[Path, typer.Option(help="directory for the INT8 ONNX model")],
+    scheme: Annotated[str, typer.Option(help="static | dynamic")] = "static",
+    calibration: Annotated[
+        str, typer.Option(help="minmax | percentile | entropy | mse")
+    ] = "minmax",
+    per_channel: Annotated[bool, typer.Option(help="per-channel weight scales")] = True,
+    calib_data: Annotated[
+        Path | None, typer.Option(help=".npy of (N, *input_shape) samples")
+    ] = None,
+) -> None:
+    """INT8 quantization to an ONNX QDQ model run by ONNX Runtime."""
+    from core.compress.quantize import Int8DynamicConfig, Int8StaticConfig
+    from core.compress.workflow import calibration_data, quantize_model_dir
+    from core.models import load_model_dir
+
+    if scheme not in ("static", "dynamic"):
+        raise ConfigError(f"unknown scheme {scheme!r}", fix="use 'static' or 'dynamic'")
+    if scheme == "static":
+        _, cfg = load_model_dir(model_dir)
+        qcfg: object = Int8StaticConfig(calibration=calibration, per_channel=per_channel)
+        batches = calibration_data(cfg, calib_data)
+    else:
+        qcfg, batches = Int8DynamicConfig(per_channel=per_channel), None
+    q = quantize_model_dir(model_dir, out, qcfg, batches)
+    print(
+        json.dumps(
+            {
+                "out": str(q.path),
+                "scheme": scheme,
+                "reduce_range": q.reduce_range,
+                "size_bytes": q.path.stat().st_size,
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command()
+@exits_on_error
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="model directory to export")],
+    out: Annotated[Path, typer.Option(help="directory for model.onnx")],
+) -> None:
+    """ONNX export with a dynamic batch axis and a PyTorch-vs-ONNX Runtime parity check."""
+    from core.compress.workflow import export_model_dir
+
+    parity = export_model_dir(model_dir, out)
+    print(
+        json.dumps(
+            {
+                "out": str(out / "model.onnx"),
+                "max_abs": parity.max_abs,
+                "max_rel": parity.max_rel,
+                "batch_sizes": list(parity.batch_sizes),
+            },
+            indent=2,
+        )
+    )
+
+
+@app.command()
+@exits_on_error
+def bench(
+    model_dirs: Annotated[
+        list[Path], typer.Argument(help="model directories; the first is the baseline")
+    ],
+    batch: Annotated[
+        list[int] | None, typer.Option(help="batch sizes to time (repeatable)")
+    ] = None,
+    threads: Annotated[int, typer.Option(help="intra-op threads")] = 2,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report as JSON")
+    ] = None,
+) -> None:
+    """Parameters, size, MACs and latency (median after warm-up), side by side with ratios."""
+    from core.compress.report import compare
+    from core.compress.workflow import bench_model_dir
+
+    reports = [bench_model_dir(d, tuple(batch or (1, 8)), threads) for d in model_dirs]
+    data = compare(reports, title="dv bench")
+    if json_out:
+        json_out.write_text(json.dumps(data, indent=2))
 
 
 if __name__ == "__main__":

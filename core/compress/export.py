@@ -51,39 +51,68 @@ def _compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float]:
     return float(diff.max()), float(diff.max() / scale)
 
 
-def _other_batch(example: torch.Tensor) -> torch.Tensor:
-    reps = [3] + [1] * (example.dim() - 1)
-    return example.repeat(*reps) + 0.01 * torch.randn_like(example.repeat(*reps))
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _as_tuple(example: Example) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def _other_batch(example: Example) -> tuple[torch.Tensor, ...]:
+    """The example repeated to 3x its batch (floats slightly perturbed): checks the dynamic axis."""
+    out = []
+    for x in _as_tuple(example):
+        big = x.repeat(3, *([1] * (x.dim() - 1)))
+        out.append(big + 0.01 * torch.randn_like(big) if big.is_floating_point() else big)
+    return tuple(out)
+
+
+def _run_torch(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> np.ndarray:
+    out = model(*xs)
+    if isinstance(out, tuple | list):
+        out = out[0]
+    return out.float().numpy()
 
 
 def export_onnx(
     model: nn.Module,
-    example: torch.Tensor,
+    example: Example,
     path: str | os.PathLike[str],
     *,
+    input_names: tuple[str, ...] | None = None,
+    dynamic_seq: bool = False,
     opset: int = 18,
     atol: float = 1e-4,
     rtol: float = 1e-3,
 ) -> Parity:
-    """Export ``model`` to ONNX at ``path`` (input ``input``, output ``output``, dynamic batch)."""
+    """Export ``model`` to ONNX at ``path`` with a dynamic batch axis (and sequence axis).
+
+    Inputs are named ``input`` (one input) or ``input_names``; the first output ``output``.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
+    xs = _as_tuple(example)
+    names = list(
+        input_names or (["input"] if len(xs) == 1 else [f"input{i}" for i in range(len(xs))])
+    )
     tmp = path.with_name(f".tmp-{path.name}")
     batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("seq", min=2, max=65536)
+    dims = tuple({0: batch, 1: seq} if dynamic_seq and x.dim() > 1 else {0: batch} for x in xs)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
-                (example,),
+                xs,
                 str(tmp),
                 dynamo=True,
                 external_data=False,
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
                 opset_version=opset,
-                dynamic_shapes=({0: batch},),
+                dynamic_shapes=dims,
             )
     except Exception as exc:
         tmp.unlink(missing_ok=True)
@@ -93,7 +122,7 @@ def export_onnx(
             fix="check the example input's shape and dtype; replace unsupported ops",
         ) from exc
     try:
-        parity = onnx_parity(model, tmp, example)
+        parity = onnx_parity(model, tmp, xs)
         if not parity.ok(atol, rtol):
             raise ParityError(
                 f"ONNX output differs from PyTorch (max abs {parity.max_abs:.3g}, "
@@ -108,19 +137,18 @@ def export_onnx(
 
 
 @torch.no_grad()
-def onnx_parity(
-    model: nn.Module, onnx_path: str | os.PathLike[str], example: torch.Tensor
-) -> Parity:
+def onnx_parity(model: nn.Module, onnx_path: str | os.PathLike[str], example: Example) -> Parity:
     """Compare ONNX Runtime with PyTorch on ``example`` and on a batch of another size."""
     sess = ort_session(onnx_path)
+    names = [i.name for i in sess.get_inputs()]
     worst_abs = worst_rel = 0.0
     sizes = []
-    for x in (example, _other_batch(example)):
-        ref = model(x).float().numpy()
-        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    for xs in (_as_tuple(example), _other_batch(example)):
+        ref = _run_torch(model, xs)
+        got = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})[0]
         a, r = _compare(ref, got)
         worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
-        sizes.append(x.shape[0])
+        sizes.append(xs[0].shape[0])
     return Parity(worst_abs, worst_rel, tuple(sizes))
 
 
@@ -146,7 +174,7 @@ def export_program(
     worst_abs = worst_rel = 0.0
     sizes = []
     with torch.no_grad():
-        for x in (example, _other_batch(example)):
+        for x in (example, _other_batch(example)[0]):
             a, r = _compare(model(x).numpy(), program.module()(x).numpy())
             worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
             sizes.append(x.shape[0])

@@ -116,11 +116,14 @@ def quantize(
     model: nn.Module | str | os.PathLike[str],
     config: Any,
     *,
-    out: str | os.PathLike[str],
+    out: str | os.PathLike[str] | None = None,
     calibration: Iterable[np.ndarray | torch.Tensor] | None = None,
     example: torch.Tensor | None = None,
 ) -> QuantizedModel:
-    """Quantize ``model`` (a PyTorch module or an ONNX path) by ``config``; writes ``out``."""
+    """Quantize ``model`` (a PyTorch module or an ONNX path) by ``config``.
+
+    ONNX schemes write ``out`` (required); pt2e returns the quantized module in ``.module``.
+    """
     return _quantize(config, model, Path(out) if out is not None else None, calibration, example)
 
 
@@ -375,7 +378,11 @@ def _export_for_quant(model: nn.Module, example: torch.Tensor | None) -> Any:
     if example is None:
         raise ConfigError("pt2e quantization needs an example input", fix="pass example=<a batch>")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    return torch.export.export(model, (example,), dynamic_shapes=({0: batch},)).module()
+    # strict=True: a module called at several sites (ResNet reuses its ReLU) must give one
+    # partition per call site, or the x86 quantizer refuses the graph (pytorch/ao#4478).
+    return torch.export.export(
+        model, (example,), dynamic_shapes=({0: batch},), strict=True
+    ).module()
 
 
 @_quantize.register
@@ -393,7 +400,7 @@ def _(
     with torch.no_grad():
         for b in batches:
             prepared(torch.from_numpy(b))
-    converted = convert_pt2e(prepared)
+    converted = _usable(convert_pt2e(prepared))
     return QuantizedModel(None, asdict(config), False, module=converted)
 
 
@@ -436,4 +443,12 @@ def convert_qat(model: QATModel) -> nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     model.eval()
-    return convert_pt2e(model.gm)
+    return _usable(convert_pt2e(model.gm))
+
+
+def _usable(module: nn.Module) -> nn.Module:
+    """Let ``.eval()``/``.train()`` work on a converted exported module, as users expect."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    allow_exported_model_train_eval(module)
+    return module.eval()

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.artifacts import save_model_dir
+from core.models import register_model
 from core.train import Callback, FitResult, Trainer, TrainerConfig, accuracy, seed_everything
 
 
@@ -43,6 +44,7 @@ def load_digits_splits(size: int = 8, seed: int = 0) -> dict[str, TensorDataset]
     }
 
 
+@register_model("digits_cnn")
 class DigitsCNN(nn.Module):
     """conv-BN-ReLU ×3 with one max-pool, global average pooling, a linear head. Input (B, 1, S, S)."""
 
@@ -64,6 +66,16 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+@register_model("resnet18_digits")
+def resnet18_digits(num_classes: int = 10) -> nn.Module:
+    """torchvision ResNet-18 with a one-channel 3x3 stem, for digits at 32x32 (input (B, 1, 32, 32))."""
+    import torchvision
+
+    model = torchvision.models.resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(1, 64, 3, stride=1, padding=1, bias=False)
+    return model
 
 
 def default_trainer_config() -> TrainerConfig:
@@ -111,7 +123,13 @@ def train_digits(
         save_model_dir(
             Path(cfg.out_dir),
             trainer.eval_model if trainer.ema else trainer.model,
-            {"task": "digits", "size": cfg.size, "width": cfg.width, "num_classes": 10},
+            {
+                "task": "digits",
+                "arch": "digits_cnn",
+                "arch_kwargs": {"width": cfg.width},
+                "input_shape": [1, cfg.size, cfg.size],
+                "num_classes": 10,
+            },
             {**test, **result.final_metrics, "global_step": result.global_step},
             card,
         )

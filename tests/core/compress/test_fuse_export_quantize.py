@@ -163,6 +163,7 @@ def test_pt2e_static_int8_in_pytorch_keeps_accuracy(trained):
         f_acc = (model(x).argmax(1) == y).float().mean().item()
     assert q_acc >= f_acc - 0.02
     assert any("quantize_per_tensor" in str(n.target) for n in q.module.graph.nodes)
+    q.module.eval()  # converted modules accept the usual calls
 
 
 @pytest.mark.slow

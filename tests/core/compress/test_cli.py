@@ -1,0 +1,96 @@
+"""`dv prune | export | quantize | bench` on a real trained model directory, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from core.models import load_model_dir, registered_models
+
+pytestmark = pytest.mark.slow
+
+
+def dv(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "core.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("m")
+    proc = dv("train", "digits", "--epochs", "3", "--out", str(d / "fp32"))
+    assert proc.returncode == 0, proc.stderr
+    return d
+
+
+def test_prune_writes_a_smaller_model_that_reloads(model_dir):
+    proc = dv(
+        "prune", str(model_dir / "fp32"), "--out", str(model_dir / "pruned"), "--ratio", "0.5"
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["mac_reduction"] > 2.5 and report["frozen"]["head"] == "model output"
+    model, cfg = load_model_dir(model_dir / "pruned")
+    assert model.features[0].out_channels == 16 and cfg["compression"][0]["step"] == "prune"
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_export_and_quantize_and_bench_side_by_side(model_dir):
+    assert dv("export", str(model_dir / "fp32"), "--out", str(model_dir / "onnx")).returncode == 0
+    proc = dv(
+        "quantize",
+        str(model_dir / "fp32"),
+        "--out",
+        str(model_dir / "int8"),
+        "--calibration",
+        "mse",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        json.loads(proc.stdout)["size_bytes"] < (model_dir / "onnx" / "model.onnx").stat().st_size
+    )
+    proc = dv(
+        "bench",
+        str(model_dir / "onnx"),
+        str(model_dir / "int8"),
+        "--batch",
+        "1",
+        "--json",
+        str(model_dir / "bench.json"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((model_dir / "bench.json").read_text())["variants"]
+    assert [r["name"] for r in rows] == ["onnx", "int8"] and all(
+        r["latency_ms"]["b1"] > 0 for r in rows
+    )
+
+
+def test_missing_files_and_bad_calibration_data_exit_2_with_one_line(model_dir, tmp_path):
+    proc = dv("prune", str(tmp_path / "nope"), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "model directory does not exist" in proc.stderr
+    bad = tmp_path / "calib.npy"
+    np.save(bad, np.zeros((4, 3, 8, 8), dtype=np.float32))
+    proc = dv(
+        "quantize", str(model_dir / "fp32"), "--out", str(tmp_path / "q"), "--calib-data", str(bad)
+    )
+    assert (
+        proc.returncode == 2
+        and "calibration data has shape (4, 3, 8, 8) but the model takes (N, 1, 8, 8)"
+        in proc.stderr
+    )
+    assert not (tmp_path / "q").exists()
+
+
+def test_every_registered_model_builds_and_runs():
+    from core.models import build_model
+
+    for name in registered_models():
+        model = build_model({"arch": name})
+        x = torch.zeros(1, 1, 32, 32)
+        assert model.eval()(x).shape == (1, 10)
