@@ -79,7 +79,8 @@ def train(model: nn.Module, splits, epochs: int, lr: float) -> nn.Module:
 @torch.no_grad()
 def torch_acc(model: nn.Module, ds) -> float:
     x, y = ds[:]
-    return float((model.eval()(x).argmax(1) == y).float().mean())
+    model.eval()  # not chained: exported (pt2e) modules' eval() returns None
+    return float((model(x).argmax(1) == y).float().mean())
 
 
 def ort_acc(path: Path, ds) -> float:
@@ -289,7 +290,7 @@ def bench_qat_vs_ptq(model: nn.Module, splits, epochs: int) -> dict:
         batch_size=64,
         progress="off",
         seed=0,
-        optimizer={"name": "sgd", "lr": 1e-3, "momentum": 0.9},
+        optimizer={"name": "sgd", "lr": 1e-4, "momentum": 0.9},
         schedule={"name": "constant"},
     )
     Trainer(qat, cfg).fit(splits["train"])

@@ -430,7 +430,13 @@ class QATModel(nn.Module):
 
 
 def prepare_qat(model: nn.Module, example: torch.Tensor) -> QATModel:
-    """Insert fake-quantization (INT8, x86 scheme) for quantization-aware fine-tuning."""
+    """Insert fake-quantization (INT8, x86 scheme) for quantization-aware fine-tuning.
+
+    Fine-tune with a small learning rate (about 1/10 to 1/100 of the training one, e.g. SGD
+    1e-4): the observers and folded batch norms move with every step, and a training-sized
+    rate undoes the trained weights (measured: ResNet-18 on digits fell from 95% to 78% at
+    1e-3 and rose to 96% at 1e-4 in one epoch).
+    """
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     model.train()
@@ -451,4 +457,5 @@ def _usable(module: nn.Module) -> nn.Module:
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
     allow_exported_model_train_eval(module)
-    return module.eval()
+    module.eval()  # torchao's replacement eval() returns None, so do not chain it
+    return module

@@ -175,7 +175,10 @@ def test_qat_fine_tunes_through_the_trainer_then_converts(trained):
     model, splits = trained
     qat = prepare_qat(copy.deepcopy(model), splits["train"][:4][0])
     cfg = TrainerConfig(
-        max_epochs=1, batch_size=32, progress="off", optimizer={"name": "sgd", "lr": 1e-3}
+        max_epochs=1,
+        batch_size=32,
+        progress="off",
+        optimizer={"name": "sgd", "lr": 1e-4, "momentum": 0.9},
     )
     trainer = Trainer(qat, cfg, metrics={"accuracy": accuracy})
     trainer.fit(splits["train"])

@@ -338,3 +338,35 @@ def test_global_scope_prunes_unequally_but_to_the_overall_ratio():
         m[2].weight[:, :] *= 1.0
     prune(m, torch.randn(1, 3, 12, 12), PruneConfig(ratio=0.5, scope="global"))
     assert m[0].out_channels != m[2].out_channels
+
+
+def test_bn_sparsity_training_shrinks_bn_scales_and_bn_scale_pruning_uses_them():
+    from core.compress.prune import BNSparsityTrainer
+    from core.reference.digits import DigitsCNN, load_digits_splits
+    from core.train import Trainer, TrainerConfig, seed_everything
+
+    data = load_digits_splits(8, seed=0)["train"]
+    # SGD as in Network Slimming: Adam's normalised steps cap how fast the penalty can act
+    cfg = TrainerConfig(
+        max_epochs=2, batch_size=32, progress="off", optimizer={"name": "sgd", "lr": 0.05}
+    )
+
+    def gamma_l1(m) -> float:
+        return sum(
+            float(b.weight.abs().sum()) for b in m.modules() if isinstance(b, nn.BatchNorm2d)
+        )
+
+    seed_everything(0)
+    plain = DigitsCNN(16)
+    Trainer(plain, cfg).fit(data)
+    seed_everything(0)
+    sparse = DigitsCNN(16)
+    trainer = BNSparsityTrainer(sparse, cfg, l1=0.1)
+    batch = data[:8]
+    base, _, _ = Trainer(sparse, cfg).compute_loss(sparse.train(), batch)
+    penalised, _, _ = trainer.compute_loss(sparse, batch)
+    torch.testing.assert_close(penalised - base, 0.1 * torch.tensor(gamma_l1(sparse)))
+    trainer.fit(data)
+    assert gamma_l1(sparse) < 0.7 * gamma_l1(plain)
+    report = prune(sparse, torch.zeros(1, 1, 8, 8), PruneConfig(ratio=0.5, importance="bn_scale"))
+    assert report.params_after < report.params_before
