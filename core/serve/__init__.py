@@ -1,0 +1,6 @@
+"""core.serve: the HTTP model server (dynamic batching, limits, metrics, health, hot reload)."""
+
+from core.serve.app import ModelHandle, ServeConfig, create_app
+from core.serve.predictor import ModelDirPredictor, Predictor, RequestError
+
+__all__ = ["ModelDirPredictor", "ModelHandle", "Predictor", "RequestError", "ServeConfig", "create_app"]

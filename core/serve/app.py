@@ -1,0 +1,236 @@
+"""The HTTP model server: a FastAPI app factory around one predictor, with dynamic batching.
+
+Endpoints::
+
+    POST /v1/models/{name}/predict   JSON body -> the predictor's response
+    GET  /v1/models                  [{name, version, alias}]
+    GET  /v1/health/live             200 while the process runs
+    GET  /v1/health/ready            200 once the model is loaded and warmed up, else 503
+    GET  /metrics                    Prometheus text
+    POST /v1/admin/reload            check the registry now (hot reload), when one is attached
+
+Limits and errors: body over ``max_body_bytes`` -> 413; invalid JSON or fields -> 422 with
+field-level ``detail``; queue full -> 503 + ``Retry-After``; over ``request_timeout_s`` -> 504;
+API key (when ``$DV_API_KEY`` or the configured variable is set) missing or wrong -> 401;
+unknown model -> 404; not ready -> 503. A missing or corrupt model at start-up is logged and
+the server never reports ready. Hot reload loads the new predictor beside the old one and
+swaps it in between batches, so no request fails. uvicorn drains in-flight requests on
+SIGTERM; the batcher then finishes what is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from core.serve.batcher import DynamicBatcher, QueueFull
+from core.serve.metrics import ServeMetrics
+from core.serve.predictor import Predictor, RequestError
+
+log = logging.getLogger("core.serve")
+
+
+@dataclass
+class ServeConfig:
+    """Server limits and batching."""
+
+    max_batch_size: int = 16  # items per forward
+    max_queue_delay_ms: float = 5.0  # how long the first item of a batch waits for company
+    max_queue: int = 256  # queued items before requests get 503
+    max_body_bytes: int = 1 << 20  # request body limit (413 above)
+    request_timeout_s: float = 10.0  # per request (504 above)
+    api_key_env: str = "DV_API_KEY"  # when this variable is set, requests need its value
+    alias: str | None = None  # registry alias served, reported by /v1/models
+    watch_interval_s: float = 0.0  # >0: poll the registry for a moved alias this often
+
+
+class ModelHandle:
+    """The predictor being served; swapped atomically on reload."""
+
+    def __init__(self) -> None:
+        self.current: Predictor | None = None
+        self.error: str | None = None
+        self.loading = False
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None
+
+    def load(self, factory: Callable[[], Predictor]) -> Predictor:
+        """Build, load and warm a predictor, then make it current (old one keeps serving until then)."""
+        with self._lock:
+            self.loading = True
+            try:
+                pred = factory()
+                pred.load()
+                pred.warmup()
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                self.loading = False
+            self.current, self.error = pred, None
+            return pred
+
+
+def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConfig | None = None,
+               watcher: Any = None) -> FastAPI:
+    """A FastAPI app serving ``predictor`` (or a factory building it at start-up).
+
+    ``watcher`` (optional) has ``check() -> Callable[[], Predictor] | None``: a factory for a
+    new predictor when the registry alias has moved. It is polled every ``watch_interval_s``
+    and on ``POST /v1/admin/reload``.
+    """
+    cfg = config or ServeConfig()
+    factory: Callable[[], Predictor] = predictor if callable(predictor) and not hasattr(predictor, "predict_batch") \
+        else (lambda: predictor)  # type: ignore[assignment,return-value]
+    handle = ModelHandle()
+    metrics = ServeMetrics()
+
+    def run_batch(items: list[Any]) -> list[Any]:
+        pred = handle.current
+        assert pred is not None
+        return pred.predict_batch(items)
+
+    batcher = DynamicBatcher(run_batch, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue,
+                             on_batch=metrics.observe_batch)
+
+    def load(f: Callable[[], Predictor]) -> None:
+        try:
+            pred = handle.load(f)
+            metrics.set_version(pred.name, pred.version)
+            log.info("serving %s version %s", pred.name, pred.version)
+        except Exception:
+            log.exception("model failed to load; the server will not report ready")
+
+    async def reload_from_watcher() -> bool:
+        if watcher is None:
+            return False
+        new = await asyncio.to_thread(watcher.check)
+        if new is None:
+            return False
+        await asyncio.to_thread(load, new)
+        return True
+
+    async def watch() -> None:
+        while True:
+            await asyncio.sleep(cfg.watch_interval_s)
+            try:
+                await reload_from_watcher()
+            except Exception:
+                log.exception("registry watch failed; keeping the current model")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        loader = asyncio.create_task(asyncio.to_thread(load, factory))
+        watch_task = asyncio.create_task(watch()) if watcher is not None and cfg.watch_interval_s > 0 else None
+        try:
+            yield
+        finally:
+            if watch_task:
+                watch_task.cancel()
+            await loader
+            await batcher.stop()
+
+    app = FastAPI(title="DeepVerticals model server", lifespan=lifespan)
+    app.state.handle, app.state.metrics, app.state.batcher = handle, metrics, batcher
+
+    def authorized(request: Request) -> bool:
+        key = os.environ.get(cfg.api_key_env)
+        if not key:
+            return True
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        return hmac.compare_digest(given.encode(), key.encode())
+
+    def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+
+    @app.get("/v1/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/v1/health/ready")
+    async def ready() -> JSONResponse:
+        if handle.ready:
+            return JSONResponse({"status": "ready", "version": handle.current.version})
+        status = "loading" if handle.loading or handle.error is None else "failed"
+        return JSONResponse({"status": status, "reason": handle.error}, status_code=503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return error(401, "missing or wrong API key")
+        pred = handle.current
+        rows = [] if pred is None else [{"name": pred.name, "version": pred.version, "alias": cfg.alias}]
+        return JSONResponse(rows)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        metrics.queue_depth.set(batcher.depth)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/v1/admin/reload")
+    async def admin_reload(request: Request) -> JSONResponse:
+        if not authorized(request):
+            return error(401, "missing or wrong API key")
+        if watcher is None:
+            return error(404, "no registry is attached to this server")
+        changed = await reload_from_watcher()
+        return JSONResponse({"reloaded": changed, "version": handle.current.version if handle.current else None})
+
+    @app.post("/v1/models/{name}/predict")
+    async def predict(name: str, request: Request) -> JSONResponse:
+        t0 = time.perf_counter()
+        resp = await _predict(name, request)
+        label = handle.current.name if handle.current else name
+        metrics.requests.labels(label, str(resp.status_code)).inc()
+        metrics.latency.labels(label).observe(time.perf_counter() - t0)
+        return resp
+
+    async def _predict(name: str, request: Request) -> JSONResponse:
+        if not authorized(request):
+            return error(401, "missing or wrong API key")
+        pred = handle.current
+        if pred is None:
+            return error(503, "model not ready", {"Retry-After": "1"})
+        if name != pred.name:
+            return error(404, f"unknown model {name!r}; this server serves {pred.name!r}")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
+            return error(413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > cfg.max_body_bytes:
+                return error(413, f"request body exceeds the {cfg.max_body_bytes}-byte limit")
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
+        try:
+            items = await asyncio.to_thread(pred.decode, payload)
+        except RequestError as exc:
+            return error(422, exc.errors)
+        try:
+            outputs = await asyncio.wait_for(batcher.submit(items), cfg.request_timeout_s)
+        except QueueFull as exc:
+            return error(503, f"server busy: {exc}", {"Retry-After": "1"})
+        except TimeoutError:
+            return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
+        return JSONResponse(pred.encode(outputs))
+
+    return app

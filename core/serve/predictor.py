@@ -1,0 +1,138 @@
+"""What the server serves: a small predictor protocol and a predictor for model directories.
+
+A predictor turns one request body into batchable *items*, runs a batched forward over items
+from many requests, and turns each item's output back into JSON::
+
+    decode(body) -> list[item]            # raises RequestError (HTTP 422) with field paths
+    predict_batch(list[item]) -> list[out] # one forward for the whole dynamic batch
+    encode(list[out]) -> dict              # the response body for one request
+
+``load()`` and ``warmup()`` run once before the server reports ready. Domain pipelines write
+their own predictors (images, DICOM, dialogue); :class:`ModelDirPredictor` serves any model
+directory whose input is one float tensor (``config.json``'s ``input_shape``), from
+``model.onnx`` through ONNX Runtime when present, else the PyTorch weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from core.errors import DVError, ModelLoadError
+
+
+class RequestError(DVError):
+    """A request body is invalid; ``errors`` are field-level ``{"loc": [...], "msg": ...}``."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
+
+
+class Predictor(Protocol):
+    name: str
+    version: str
+
+    def load(self) -> None: ...
+    def warmup(self) -> None: ...
+    def decode(self, body: Any) -> list[Any]: ...
+    def predict_batch(self, items: list[Any]) -> list[Any]: ...
+    def encode(self, outputs: list[Any]) -> dict[str, Any]: ...
+
+
+class ModelDirPredictor:
+    """Classifier over one float tensor input: ``{"inputs": [sample, ...]}`` -> labels and scores."""
+
+    def __init__(self, model_dir: str | os.PathLike[str], name: str | None = None, version: str = "1",
+                 threads: int | None = None, max_items: int = 64) -> None:
+        self.model_dir = Path(model_dir)
+        self.name = name or self.model_dir.name
+        self.version = str(version)
+        self.threads = threads
+        self.max_items = max_items
+        self.input_shape: tuple[int, ...] = ()
+        self.labels: list[str] | None = None
+        self._run: Any = None
+
+    def load(self) -> None:
+        cfg_path = self.model_dir / "config.json"
+        if not cfg_path.is_file():
+            raise ModelLoadError("model directory lacks config.json", where=str(self.model_dir),
+                                 fix="point the server at a directory written by training or export")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ModelLoadError(f"config.json is not valid JSON ({exc.msg})", where=str(cfg_path),
+                                 fix="restore the file from the training run") from exc
+        self.input_shape = tuple(cfg.get("input_shape") or ())
+        self.labels = cfg.get("labels")
+        onnx_path = self.model_dir / "model.onnx"
+        if onnx_path.is_file():
+            from core.compress.report import ort_session
+
+            try:
+                sess = ort_session(onnx_path, self.threads)
+            except Exception as exc:  # ORT raises its own types for corrupt files
+                raise ModelLoadError(f"model.onnx cannot be loaded ({str(exc)[:200]})", where=str(onnx_path),
+                                     fix="re-export the model") from exc
+            name = sess.get_inputs()[0].name
+            self._run = lambda x: sess.run(None, {name: x})[0]
+        else:
+            import torch
+
+            from core.models import load_model_dir
+
+            model, _ = load_model_dir(self.model_dir)
+
+            def run(x: np.ndarray) -> np.ndarray:
+                with torch.inference_mode():
+                    return model(torch.from_numpy(x)).float().numpy()
+
+            self._run = run
+
+    def warmup(self) -> None:
+        self._run(np.zeros((1, *self.input_shape), dtype=np.float32))
+
+    def decode(self, body: Any) -> list[np.ndarray]:
+        if not isinstance(body, dict) or "inputs" not in body:
+            raise RequestError([{"loc": ["body", "inputs"], "msg": "field required"}])
+        inputs = body["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestError([{"loc": ["body", "inputs"], "msg": "must be a non-empty list of samples"}])
+        if len(inputs) > self.max_items:
+            raise RequestError([{"loc": ["body", "inputs"], "msg": f"at most {self.max_items} samples per request"}])
+        items, errors = [], []
+        for i, sample in enumerate(inputs):
+            try:
+                arr = np.asarray(sample, dtype=np.float32)
+            except (ValueError, TypeError):
+                errors.append({"loc": ["body", "inputs", i], "msg": "must be a nested list of numbers"})
+                continue
+            if arr.shape != self.input_shape:
+                errors.append({"loc": ["body", "inputs", i],
+                               "msg": f"shape {list(arr.shape)} does not match the model's {list(self.input_shape)}"})
+            elif not np.isfinite(arr).all():
+                errors.append({"loc": ["body", "inputs", i], "msg": "contains NaN or infinity"})
+            else:
+                items.append(arr)
+        if errors:
+            raise RequestError(errors)
+        return items
+
+    def predict_batch(self, items: list[np.ndarray]) -> list[np.ndarray]:
+        logits = self._run(np.stack(items))
+        return list(logits)
+
+    def encode(self, outputs: list[np.ndarray]) -> dict[str, Any]:
+        preds = []
+        for logits in outputs:
+            z = logits - logits.max()
+            p = np.exp(z) / np.exp(z).sum()
+            k = int(p.argmax())
+            preds.append({"label": self.labels[k] if self.labels else k, "score": float(p[k]),
+                          "scores": [round(float(v), 6) for v in p]})
+        return {"model": self.name, "version": self.version, "predictions": preds}

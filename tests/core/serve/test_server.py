@@ -1,0 +1,217 @@
+"""The model server over real HTTP on loopback, serving a real digits model (ONNX Runtime)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from core.reference.digits import DigitsConfig, load_digits_splits, train_digits
+from core.serve import ModelDirPredictor, ServeConfig, create_app
+from core.serve.server import BackgroundServer
+from core.train import TrainerConfig
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    """Two trained digits models (v1, v2) exported to ONNX directories."""
+    from core.compress.workflow import export_model_dir
+
+    root = tmp_path_factory.mktemp("serve")
+    for v, seed in (("v1", 0), ("v2", 1)):
+        cfg = DigitsConfig(out_dir=str(root / f"{v}-torch"), seed=seed, width=16,
+                           trainer=TrainerConfig(max_epochs=2, progress="off", optimizer={"lr": 3e-3}))
+        train_digits(cfg)
+        export_model_dir(root / f"{v}-torch", root / v)
+    return root
+
+
+@pytest.fixture(scope="module")
+def samples():
+    x, _ = load_digits_splits(8, seed=0)["test"][:]
+    return x.numpy()
+
+
+class Slow(ModelDirPredictor):
+    """The real predictor, made slow to exercise timeouts, queueing and readiness."""
+
+    def __init__(self, *a, batch_s: float = 0.0, warm_s: float = 0.0, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.batch_s, self.warm_s, self.batches = batch_s, warm_s, []
+
+    def warmup(self) -> None:
+        time.sleep(self.warm_s)
+        super().warmup()
+
+    def predict_batch(self, items):
+        self.batches.append(len(items))
+        time.sleep(self.batch_s)
+        return super().predict_batch(items)
+
+
+def post(url, name, body, **kw):
+    return httpx.post(f"{url}/v1/models/{name}/predict", content=json.dumps(body), timeout=30, **kw)
+
+
+def wait_ready(url, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/v1/health/ready").status_code == 200:
+            return
+        time.sleep(0.02)
+    raise AssertionError("never ready")
+
+
+def test_batched_answers_equal_unbatched_ones(model_dirs, samples):
+    pred = Slow(model_dirs / "v1", name="digits", batch_s=0.02)
+    app = create_app(pred, ServeConfig(max_batch_size=8, max_queue_delay_ms=20))
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        with cf.ThreadPoolExecutor(16) as ex:
+            futs = [ex.submit(post, srv.url, "digits", {"inputs": [samples[i].tolist()]}) for i in range(32)]
+            batched = [f.result().json()["predictions"][0] for f in futs]
+        single = ModelDirPredictor(model_dirs / "v1")
+        single.load()
+        for i, got in enumerate(batched):
+            ref = single.encode(single.predict_batch([samples[i]]))["predictions"][0]
+            assert got["label"] == ref["label"]
+            np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-5)
+        assert max(pred.batches) > 1  # requests really were batched together
+        metrics = httpx.get(f"{srv.url}/metrics").text
+        assert 'dv_requests_total{model="digits",status="200"} 32.0' in metrics
+        assert "dv_batch_size_bucket" in metrics and 'dv_model_version_info{model="digits",version="1"} 1.0' in metrics
+
+
+def test_error_codes_over_http(model_dirs, samples, monkeypatch):
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig(max_body_bytes=20_000))
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        ok = {"inputs": [samples[0].tolist()]}
+        assert post(srv.url, "digits", ok).status_code == 200
+        r = post(srv.url, "digits", {"inputs": [samples[0].tolist()] * 200})
+        assert r.status_code == 413 and "20000-byte limit" in r.json()["detail"]
+        r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=b"{not json")
+        assert r.status_code == 422 and "invalid JSON" in r.json()["detail"][0]["msg"]
+        r = post(srv.url, "digits", {"inputs": [np.zeros((3, 3)).tolist(), samples[1].tolist(), [[float("nan")] * 8] * 8]})
+        detail = r.json()["detail"]
+        assert r.status_code == 422 and [d["loc"] for d in detail] == [["body", "inputs", 0], ["body", "inputs", 2]]
+        assert "does not match the model's [1, 8, 8]" in detail[0]["msg"]
+        r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=b'{"x": 1}')
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs"]
+        assert post(srv.url, "other", ok).status_code == 404
+        monkeypatch.setenv("DV_API_KEY", "s3cret")
+        assert post(srv.url, "digits", ok).status_code == 401
+        assert post(srv.url, "digits", ok, headers={"x-api-key": "wrong"}).status_code == 401
+        assert post(srv.url, "digits", ok, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{srv.url}/v1/health/live").status_code == 200  # health needs no key
+
+
+def test_timeout_answers_504(model_dirs, samples):
+    app = create_app(Slow(model_dirs / "v1", name="digits", batch_s=1.0), ServeConfig(request_timeout_s=0.2))
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        r = post(srv.url, "digits", {"inputs": [samples[0].tolist()]})
+        assert r.status_code == 504 and "longer than 0.2 s" in r.json()["detail"]
+
+
+def test_full_queue_answers_503_with_retry_after(model_dirs, samples):
+    pred = Slow(model_dirs / "v1", name="digits", batch_s=0.5)
+    app = create_app(pred, ServeConfig(max_batch_size=1, max_queue=2, max_queue_delay_ms=0))
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        with cf.ThreadPoolExecutor(8) as ex:
+            rs = list(ex.map(lambda i: post(srv.url, "digits", {"inputs": [samples[i].tolist()]}), range(8)))
+        codes = sorted(r.status_code for r in rs)
+        assert codes.count(503) >= 3 and codes.count(200) >= 2
+        busy = next(r for r in rs if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and "server busy" in busy.json()["detail"]
+
+
+def test_ready_only_after_warmup(model_dirs, samples):
+    app = create_app(Slow(model_dirs / "v1", name="digits", warm_s=1.0))
+    with BackgroundServer(app) as srv:
+        assert httpx.get(f"{srv.url}/v1/health/live").status_code == 200
+        r = httpx.get(f"{srv.url}/v1/health/ready")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        assert post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code == 503
+        wait_ready(srv.url)
+        assert httpx.get(f"{srv.url}/v1/models").json() == [{"name": "digits", "version": "1", "alias": None}]
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_missing_or_corrupt_model_never_becomes_ready(model_dirs, tmp_path, damage, caplog):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(model_dirs / "v1", d)
+    if damage == "missing":
+        (d / "config.json").unlink()
+    else:
+        (d / "model.onnx").write_bytes(b"\x08\x01garbage")
+    with caplog.at_level("ERROR"), BackgroundServer(create_app(ModelDirPredictor(d, name="digits"))) as srv:
+        time.sleep(0.5)
+        r = httpx.get(f"{srv.url}/v1/health/ready")
+        assert r.status_code == 503 and r.json()["status"] == "failed"
+        assert ("lacks config.json" if damage == "missing" else "model.onnx cannot be loaded") in r.json()["reason"]
+    assert "model failed to load" in caplog.text
+
+
+class _Watcher:
+    """A registry stand-in for this test: the alias points at v1, then moves to v2."""
+
+    def __init__(self, model_dirs) -> None:
+        self.model_dirs, self.version, self.served = model_dirs, "1", "1"
+
+    def check(self):
+        if self.version == self.served:
+            return None
+        self.served = v = self.version
+        return lambda: ModelDirPredictor(self.model_dirs / f"v{v}", name="digits", version=v)
+
+
+def test_hot_reload_under_concurrent_requests_drops_nothing(model_dirs, samples):
+    watcher = _Watcher(model_dirs)
+    app = create_app(lambda: ModelDirPredictor(model_dirs / "v1", name="digits", version="1"),
+                     ServeConfig(max_queue_delay_ms=2), watcher=watcher)
+    results: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                r = c.post(f"{srv.url}/v1/models/digits/predict", content=json.dumps({"inputs": [samples[0].tolist()]}))
+                results.append((r.status_code, r.json().get("version", "")))
+
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        watcher.version = "2"
+        r = httpx.post(f"{srv.url}/v1/admin/reload", timeout=30)
+        assert r.json() == {"reloaded": True, "version": "2"}
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+    codes = {c for c, _ in results}
+    versions = [v for _, v in results]
+    assert codes == {200} and len(results) > 20
+    assert versions[0] == "1" and versions[-1] == "2"
+
+
+def test_graceful_shutdown_finishes_in_flight_requests(model_dirs, samples):
+    app = create_app(Slow(model_dirs / "v1", name="digits", batch_s=0.8))
+    srv = BackgroundServer(app).__enter__()
+    wait_ready(srv.url)
+    with cf.ThreadPoolExecutor(1) as ex:
+        fut = ex.submit(post, srv.url, "digits", {"inputs": [samples[0].tolist()]})
+        time.sleep(0.2)
+        srv.stop()  # like SIGTERM: stop accepting, drain, exit
+        assert fut.result().status_code == 200
