@@ -165,7 +165,7 @@ def bench_pruning(model: nn.Module, splits, epochs: int) -> dict:
         else:
             _torch_pruning(m, x1, 0.5)
         before_ft = torch_acc(m, splits["test"])
-        train(m, splits, epochs, lr=1e-3)
+        train(m, splits, epochs, lr=2e-3)
         r = {
             "accuracy_before_fine_tune": before_ft,
             "accuracy": torch_acc(m, splits["test"]),
@@ -308,7 +308,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    epochs, ft = (2, 1) if a.quick else (6, 3)
+    epochs, ft = (2, 1) if a.quick else (6, 6)
     splits = load_digits_splits(32, seed=0)
     model = train(resnet18_digits(), splits, epochs, lr=2e-3)
     with tempfile.TemporaryDirectory() as d:

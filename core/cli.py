@@ -232,5 +232,44 @@ def bench(
         json_out.write_text(json.dumps(data, indent=2))
 
 
+@app.command()
+@exits_on_error
+def serve(
+    model_dir: Annotated[Path | None, typer.Argument(help="model directory to serve")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="serve this registered model's alias instead")
+    ] = None,
+    alias: Annotated[
+        str, typer.Option(help="registry alias to follow (hot reload)")
+    ] = "production",
+    name: Annotated[
+        str | None, typer.Option(help="model name in URLs (default: directory name)")
+    ] = None,
+    host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    max_batch_size: Annotated[int, typer.Option(help="items per batched forward")] = 16,
+    max_queue_delay_ms: Annotated[
+        float, typer.Option(help="batching wait for the first item")
+    ] = 5.0,
+    watch_interval: Annotated[float, typer.Option(help="seconds between registry checks")] = 10.0,
+) -> None:
+    """Serve a model over HTTP with dynamic batching (POST /v1/models/NAME/predict)."""
+    from core.serve import ModelDirPredictor, ServeConfig, create_app
+    from core.serve.server import serve as run_server
+
+    cfg = ServeConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    if registry:
+        from core.registry import ModelRegistry, RegistryWatcher
+
+        watcher = RegistryWatcher(ModelRegistry(), registry, alias)
+        cfg.alias, cfg.watch_interval_s = alias, watch_interval
+        application = create_app(watcher.current(), cfg, watcher=watcher)
+    elif model_dir is not None:
+        application = create_app(ModelDirPredictor(model_dir, name=name), cfg)
+    else:
+        raise ConfigError("nothing to serve", fix="pass a MODEL_DIR or --registry NAME")
+    run_server(application, host, port)
+
+
 if __name__ == "__main__":
     app()

@@ -40,13 +40,23 @@ from core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
-def cpu_has_vnni() -> bool:
-    """True when the CPU has an 8-bit dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has an 8-bit dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX).
+
+    ``cpuinfo`` defaults to the text of ``/proc/cpuinfo``.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = {
+        f
+        for line in cpuinfo.splitlines()
+        if line.startswith("flags")
+        for f in line.split(":", 1)[1].split()
+    }
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @dataclass
@@ -80,7 +90,9 @@ class Int8StaticConfig:
 class Int8DynamicConfig:
     """Dynamic INT8 (weights ahead of time, activations per batch) for MatMul/Gemm/LSTM."""
 
-    per_channel: bool = False  # per-column weight scales
+    per_channel: bool = (
+        True  # per-column weight scales (MiniLM: cosine 0.948 per tensor, 0.991 per column)
+    )
     reduce_range: bool | Literal["auto"] = "auto"
     op_types: tuple[str, ...] = ("MatMul", "Gemm", "LSTM", "Attention")  # ops to quantize
     exclude_nodes: tuple[str, ...] = ()

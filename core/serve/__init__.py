@@ -3,4 +3,11 @@
 from core.serve.app import ModelHandle, ServeConfig, create_app
 from core.serve.predictor import ModelDirPredictor, Predictor, RequestError
 
-__all__ = ["ModelDirPredictor", "ModelHandle", "Predictor", "RequestError", "ServeConfig", "create_app"]
+__all__ = [
+    "ModelDirPredictor",
+    "ModelHandle",
+    "Predictor",
+    "RequestError",
+    "ServeConfig",
+    "create_app",
+]

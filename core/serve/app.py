@@ -86,8 +86,11 @@ class ModelHandle:
             return pred
 
 
-def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConfig | None = None,
-               watcher: Any = None) -> FastAPI:
+def create_app(
+    predictor: Predictor | Callable[[], Predictor],
+    config: ServeConfig | None = None,
+    watcher: Any = None,
+) -> FastAPI:
     """A FastAPI app serving ``predictor`` (or a factory building it at start-up).
 
     ``watcher`` (optional) has ``check() -> Callable[[], Predictor] | None``: a factory for a
@@ -95,8 +98,11 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
     and on ``POST /v1/admin/reload``.
     """
     cfg = config or ServeConfig()
-    factory: Callable[[], Predictor] = predictor if callable(predictor) and not hasattr(predictor, "predict_batch") \
-        else (lambda: predictor)  # type: ignore[assignment,return-value]
+    factory: Callable[[], Predictor] = (
+        predictor
+        if callable(predictor) and not hasattr(predictor, "predict_batch")
+        else (lambda: predictor)
+    )  # type: ignore[assignment,return-value]
     handle = ModelHandle()
     metrics = ServeMetrics()
 
@@ -105,8 +111,13 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
         assert pred is not None
         return pred.predict_batch(items)
 
-    batcher = DynamicBatcher(run_batch, cfg.max_batch_size, cfg.max_queue_delay_ms, cfg.max_queue,
-                             on_batch=metrics.observe_batch)
+    batcher = DynamicBatcher(
+        run_batch,
+        cfg.max_batch_size,
+        cfg.max_queue_delay_ms,
+        cfg.max_queue,
+        on_batch=metrics.observe_batch,
+    )
 
     def load(f: Callable[[], Predictor]) -> None:
         try:
@@ -137,7 +148,11 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
         loader = asyncio.create_task(asyncio.to_thread(load, factory))
-        watch_task = asyncio.create_task(watch()) if watcher is not None and cfg.watch_interval_s > 0 else None
+        watch_task = (
+            asyncio.create_task(watch())
+            if watcher is not None and cfg.watch_interval_s > 0
+            else None
+        )
         try:
             yield
         finally:
@@ -153,7 +168,9 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
         key = os.environ.get(cfg.api_key_env)
         if not key:
             return True
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        given = request.headers.get("x-api-key") or request.headers.get(
+            "authorization", ""
+        ).removeprefix("Bearer ")
         return hmac.compare_digest(given.encode(), key.encode())
 
     def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -175,7 +192,11 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
         if not authorized(request):
             return error(401, "missing or wrong API key")
         pred = handle.current
-        rows = [] if pred is None else [{"name": pred.name, "version": pred.version, "alias": cfg.alias}]
+        rows = (
+            []
+            if pred is None
+            else [{"name": pred.name, "version": pred.version, "alias": cfg.alias}]
+        )
         return JSONResponse(rows)
 
     @app.get("/metrics")
@@ -190,7 +211,9 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
         if watcher is None:
             return error(404, "no registry is attached to this server")
         changed = await reload_from_watcher()
-        return JSONResponse({"reloaded": changed, "version": handle.current.version if handle.current else None})
+        return JSONResponse(
+            {"reloaded": changed, "version": handle.current.version if handle.current else None}
+        )
 
     @app.post("/v1/models/{name}/predict")
     async def predict(name: str, request: Request) -> JSONResponse:
@@ -211,7 +234,9 @@ def create_app(predictor: Predictor | Callable[[], Predictor], config: ServeConf
             return error(404, f"unknown model {name!r}; this server serves {pred.name!r}")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
-            return error(413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit")
+            return error(
+                413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk

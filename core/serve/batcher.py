@@ -30,9 +30,14 @@ class _Entry:
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: Callable[[list[Any]], list[Any]], max_batch_size: int = 16,
-                 max_queue_delay_ms: float = 5.0, max_queue: int = 256,
-                 on_batch: Callable[[int, list[float]], None] | None = None) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[list[Any]], list[Any]],
+        max_batch_size: int = 16,
+        max_queue_delay_ms: float = 5.0,
+        max_queue: int = 256,
+        on_batch: Callable[[int, list[float]], None] | None = None,
+    ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_ms / 1000.0
@@ -92,7 +97,9 @@ class DynamicBatcher:
             try:
                 outputs = await asyncio.to_thread(self.run_batch, [e.value for e in batch])
                 if len(outputs) != len(batch):
-                    raise RuntimeError(f"predict_batch returned {len(outputs)} outputs for {len(batch)} items")
+                    raise RuntimeError(
+                        f"predict_batch returned {len(outputs)} outputs for {len(batch)} items"
+                    )
             except Exception as exc:  # the failure belongs to every request in the batch
                 for e in batch:
                     if not e.future.done():

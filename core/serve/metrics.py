@@ -11,16 +11,35 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("dv_requests_total", "Predict requests by HTTP status", ["model", "status"], registry=r)
-        self.latency = Histogram("dv_request_latency_seconds", "Predict request latency", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_time = Histogram("dv_queue_time_seconds", "Time an item waited for its batch",
-                                    buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("dv_batch_size", "Items per executed batch",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.requests = Counter(
+            "dv_requests_total", "Predict requests by HTTP status", ["model", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "dv_request_latency_seconds",
+            "Predict request latency",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_time = Histogram(
+            "dv_queue_time_seconds",
+            "Time an item waited for its batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "dv_batch_size",
+            "Items per executed batch",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=r,
+        )
         self.queue_depth = Gauge("dv_queue_depth", "Items waiting in the batch queue", registry=r)
-        self.model_version = Gauge("dv_model_version_info", "Served model version (value 1)",
-                                   ["model", "version"], registry=r)
+        self.model_version = Gauge(
+            "dv_model_version_info",
+            "Served model version (value 1)",
+            ["model", "version"],
+            registry=r,
+        )
 
     def observe_batch(self, size: int, waits: list[float]) -> None:
         self.batch_size.observe(size)

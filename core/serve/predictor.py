@@ -47,8 +47,14 @@ class Predictor(Protocol):
 class ModelDirPredictor:
     """Classifier over one float tensor input: ``{"inputs": [sample, ...]}`` -> labels and scores."""
 
-    def __init__(self, model_dir: str | os.PathLike[str], name: str | None = None, version: str = "1",
-                 threads: int | None = None, max_items: int = 64) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        name: str | None = None,
+        version: str = "1",
+        threads: int | None = None,
+        max_items: int = 64,
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
         self.version = str(version)
@@ -61,13 +67,19 @@ class ModelDirPredictor:
     def load(self) -> None:
         cfg_path = self.model_dir / "config.json"
         if not cfg_path.is_file():
-            raise ModelLoadError("model directory lacks config.json", where=str(self.model_dir),
-                                 fix="point the server at a directory written by training or export")
+            raise ModelLoadError(
+                "model directory lacks config.json",
+                where=str(self.model_dir),
+                fix="point the server at a directory written by training or export",
+            )
         try:
             cfg = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"config.json is not valid JSON ({exc.msg})", where=str(cfg_path),
-                                 fix="restore the file from the training run") from exc
+            raise ModelLoadError(
+                f"config.json is not valid JSON ({exc.msg})",
+                where=str(cfg_path),
+                fix="restore the file from the training run",
+            ) from exc
         self.input_shape = tuple(cfg.get("input_shape") or ())
         self.labels = cfg.get("labels")
         onnx_path = self.model_dir / "model.onnx"
@@ -77,8 +89,11 @@ class ModelDirPredictor:
             try:
                 sess = ort_session(onnx_path, self.threads)
             except Exception as exc:  # ORT raises its own types for corrupt files
-                raise ModelLoadError(f"model.onnx cannot be loaded ({str(exc)[:200]})", where=str(onnx_path),
-                                     fix="re-export the model") from exc
+                raise ModelLoadError(
+                    f"model.onnx cannot be loaded ({str(exc)[:200]})",
+                    where=str(onnx_path),
+                    fix="re-export the model",
+                ) from exc
             name = sess.get_inputs()[0].name
             self._run = lambda x: sess.run(None, {name: x})[0]
         else:
@@ -102,19 +117,34 @@ class ModelDirPredictor:
             raise RequestError([{"loc": ["body", "inputs"], "msg": "field required"}])
         inputs = body["inputs"]
         if not isinstance(inputs, list) or not inputs:
-            raise RequestError([{"loc": ["body", "inputs"], "msg": "must be a non-empty list of samples"}])
+            raise RequestError(
+                [{"loc": ["body", "inputs"], "msg": "must be a non-empty list of samples"}]
+            )
         if len(inputs) > self.max_items:
-            raise RequestError([{"loc": ["body", "inputs"], "msg": f"at most {self.max_items} samples per request"}])
+            raise RequestError(
+                [
+                    {
+                        "loc": ["body", "inputs"],
+                        "msg": f"at most {self.max_items} samples per request",
+                    }
+                ]
+            )
         items, errors = [], []
         for i, sample in enumerate(inputs):
             try:
                 arr = np.asarray(sample, dtype=np.float32)
             except (ValueError, TypeError):
-                errors.append({"loc": ["body", "inputs", i], "msg": "must be a nested list of numbers"})
+                errors.append(
+                    {"loc": ["body", "inputs", i], "msg": "must be a nested list of numbers"}
+                )
                 continue
             if arr.shape != self.input_shape:
-                errors.append({"loc": ["body", "inputs", i],
-                               "msg": f"shape {list(arr.shape)} does not match the model's {list(self.input_shape)}"})
+                errors.append(
+                    {
+                        "loc": ["body", "inputs", i],
+                        "msg": f"shape {list(arr.shape)} does not match the model's {list(self.input_shape)}",
+                    }
+                )
             elif not np.isfinite(arr).all():
                 errors.append({"loc": ["body", "inputs", i], "msg": "contains NaN or infinity"})
             else:
@@ -133,6 +163,11 @@ class ModelDirPredictor:
             z = logits - logits.max()
             p = np.exp(z) / np.exp(z).sum()
             k = int(p.argmax())
-            preds.append({"label": self.labels[k] if self.labels else k, "score": float(p[k]),
-                          "scores": [round(float(v), 6) for v in p]})
+            preds.append(
+                {
+                    "label": self.labels[k] if self.labels else k,
+                    "score": float(p[k]),
+                    "scores": [round(float(v), 6) for v in p],
+                }
+            )
         return {"model": self.name, "version": self.version, "predictions": preds}

@@ -18,14 +18,20 @@ def serve(app: Any, host: str = "127.0.0.1", port: int = 8080, graceful_s: float
 class BackgroundServer:
     """``with BackgroundServer(app) as srv: httpx.get(srv.url + "/v1/health/live")``; loopback only."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, graceful_s: float = 10.0) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int = 0, graceful_s: float = 10.0
+    ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
-        cfg = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_s)
+        cfg = uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_s
+        )
         self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
 
     @property
     def url(self) -> str:

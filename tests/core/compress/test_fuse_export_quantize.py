@@ -187,3 +187,11 @@ def test_qat_fine_tunes_through_the_trainer_then_converts(trained):
     x, y = splits["test"][:]
     with torch.no_grad():
         assert (converted(x).argmax(1) == y).float().mean().item() > 0.9
+
+
+def test_vnni_detection_reads_cpu_flags():
+    assert not cpu_has_vnni("flags\t\t: fpu sse4_2 avx avx2 fma\n")
+    assert cpu_has_vnni("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert cpu_has_vnni("flags\t\t: avx2 avx_vnni\n")
+    assert not cpu_has_vnni("model name: avx512_vnni-like marketing text\n")
+    assert Int8StaticConfig(reduce_range="auto").resolved_reduce_range() == (not cpu_has_vnni())

@@ -24,8 +24,12 @@ def model_dirs(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("serve")
     for v, seed in (("v1", 0), ("v2", 1)):
-        cfg = DigitsConfig(out_dir=str(root / f"{v}-torch"), seed=seed, width=16,
-                           trainer=TrainerConfig(max_epochs=2, progress="off", optimizer={"lr": 3e-3}))
+        cfg = DigitsConfig(
+            out_dir=str(root / f"{v}-torch"),
+            seed=seed,
+            width=16,
+            trainer=TrainerConfig(max_epochs=2, progress="off", optimizer={"lr": 3e-3}),
+        )
         train_digits(cfg)
         export_model_dir(root / f"{v}-torch", root / v)
     return root
@@ -73,7 +77,10 @@ def test_batched_answers_equal_unbatched_ones(model_dirs, samples):
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         with cf.ThreadPoolExecutor(16) as ex:
-            futs = [ex.submit(post, srv.url, "digits", {"inputs": [samples[i].tolist()]}) for i in range(32)]
+            futs = [
+                ex.submit(post, srv.url, "digits", {"inputs": [samples[i].tolist()]})
+                for i in range(32)
+            ]
             batched = [f.result().json()["predictions"][0] for f in futs]
         single = ModelDirPredictor(model_dirs / "v1")
         single.load()
@@ -84,11 +91,16 @@ def test_batched_answers_equal_unbatched_ones(model_dirs, samples):
         assert max(pred.batches) > 1  # requests really were batched together
         metrics = httpx.get(f"{srv.url}/metrics").text
         assert 'dv_requests_total{model="digits",status="200"} 32.0' in metrics
-        assert "dv_batch_size_bucket" in metrics and 'dv_model_version_info{model="digits",version="1"} 1.0' in metrics
+        assert (
+            "dv_batch_size_bucket" in metrics
+            and 'dv_model_version_info{model="digits",version="1"} 1.0' in metrics
+        )
 
 
 def test_error_codes_over_http(model_dirs, samples, monkeypatch):
-    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig(max_body_bytes=20_000))
+    app = create_app(
+        ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig(max_body_bytes=20_000)
+    )
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         ok = {"inputs": [samples[0].tolist()]}
@@ -97,9 +109,16 @@ def test_error_codes_over_http(model_dirs, samples, monkeypatch):
         assert r.status_code == 413 and "20000-byte limit" in r.json()["detail"]
         r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=b"{not json")
         assert r.status_code == 422 and "invalid JSON" in r.json()["detail"][0]["msg"]
-        r = post(srv.url, "digits", {"inputs": [np.zeros((3, 3)).tolist(), samples[1].tolist(), [[float("nan")] * 8] * 8]})
+        r = post(
+            srv.url,
+            "digits",
+            {"inputs": [np.zeros((3, 3)).tolist(), samples[1].tolist(), [[float("nan")] * 8] * 8]},
+        )
         detail = r.json()["detail"]
-        assert r.status_code == 422 and [d["loc"] for d in detail] == [["body", "inputs", 0], ["body", "inputs", 2]]
+        assert r.status_code == 422 and [d["loc"] for d in detail] == [
+            ["body", "inputs", 0],
+            ["body", "inputs", 2],
+        ]
         assert "does not match the model's [1, 8, 8]" in detail[0]["msg"]
         r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=b'{"x": 1}')
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs"]
@@ -107,12 +126,17 @@ def test_error_codes_over_http(model_dirs, samples, monkeypatch):
         monkeypatch.setenv("DV_API_KEY", "s3cret")
         assert post(srv.url, "digits", ok).status_code == 401
         assert post(srv.url, "digits", ok, headers={"x-api-key": "wrong"}).status_code == 401
-        assert post(srv.url, "digits", ok, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert (
+            post(srv.url, "digits", ok, headers={"Authorization": "Bearer s3cret"}).status_code
+            == 200
+        )
         assert httpx.get(f"{srv.url}/v1/health/live").status_code == 200  # health needs no key
 
 
 def test_timeout_answers_504(model_dirs, samples):
-    app = create_app(Slow(model_dirs / "v1", name="digits", batch_s=1.0), ServeConfig(request_timeout_s=0.2))
+    app = create_app(
+        Slow(model_dirs / "v1", name="digits", batch_s=1.0), ServeConfig(request_timeout_s=0.2)
+    )
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         r = post(srv.url, "digits", {"inputs": [samples[0].tolist()]})
@@ -125,7 +149,11 @@ def test_full_queue_answers_503_with_retry_after(model_dirs, samples):
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         with cf.ThreadPoolExecutor(8) as ex:
-            rs = list(ex.map(lambda i: post(srv.url, "digits", {"inputs": [samples[i].tolist()]}), range(8)))
+            rs = list(
+                ex.map(
+                    lambda i: post(srv.url, "digits", {"inputs": [samples[i].tolist()]}), range(8)
+                )
+            )
         codes = sorted(r.status_code for r in rs)
         assert codes.count(503) >= 3 and codes.count(200) >= 2
         busy = next(r for r in rs if r.status_code == 503)
@@ -140,7 +168,9 @@ def test_ready_only_after_warmup(model_dirs, samples):
         assert r.status_code == 503 and r.json()["status"] == "loading"
         assert post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code == 503
         wait_ready(srv.url)
-        assert httpx.get(f"{srv.url}/v1/models").json() == [{"name": "digits", "version": "1", "alias": None}]
+        assert httpx.get(f"{srv.url}/v1/models").json() == [
+            {"name": "digits", "version": "1", "alias": None}
+        ]
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
@@ -153,11 +183,16 @@ def test_missing_or_corrupt_model_never_becomes_ready(model_dirs, tmp_path, dama
         (d / "config.json").unlink()
     else:
         (d / "model.onnx").write_bytes(b"\x08\x01garbage")
-    with caplog.at_level("ERROR"), BackgroundServer(create_app(ModelDirPredictor(d, name="digits"))) as srv:
+    with (
+        caplog.at_level("ERROR"),
+        BackgroundServer(create_app(ModelDirPredictor(d, name="digits"))) as srv,
+    ):
         time.sleep(0.5)
         r = httpx.get(f"{srv.url}/v1/health/ready")
         assert r.status_code == 503 and r.json()["status"] == "failed"
-        assert ("lacks config.json" if damage == "missing" else "model.onnx cannot be loaded") in r.json()["reason"]
+        assert (
+            "lacks config.json" if damage == "missing" else "model.onnx cannot be loaded"
+        ) in r.json()["reason"]
     assert "model failed to load" in caplog.text
 
 
@@ -176,15 +211,21 @@ class _Watcher:
 
 def test_hot_reload_under_concurrent_requests_drops_nothing(model_dirs, samples):
     watcher = _Watcher(model_dirs)
-    app = create_app(lambda: ModelDirPredictor(model_dirs / "v1", name="digits", version="1"),
-                     ServeConfig(max_queue_delay_ms=2), watcher=watcher)
+    app = create_app(
+        lambda: ModelDirPredictor(model_dirs / "v1", name="digits", version="1"),
+        ServeConfig(max_queue_delay_ms=2),
+        watcher=watcher,
+    )
     results: list[tuple[int, str]] = []
     stop = threading.Event()
 
     def hammer() -> None:
         with httpx.Client(timeout=30) as c:
             while not stop.is_set():
-                r = c.post(f"{srv.url}/v1/models/digits/predict", content=json.dumps({"inputs": [samples[0].tolist()]}))
+                r = c.post(
+                    f"{srv.url}/v1/models/digits/predict",
+                    content=json.dumps({"inputs": [samples[0].tolist()]}),
+                )
                 results.append((r.status_code, r.json().get("version", "")))
 
     with BackgroundServer(app) as srv:
@@ -215,3 +256,46 @@ def test_graceful_shutdown_finishes_in_flight_requests(model_dirs, samples):
         time.sleep(0.2)
         srv.stop()  # like SIGTERM: stop accepting, drain, exit
         assert fut.result().status_code == 200
+
+
+def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
+    import signal
+    import subprocess
+    import sys
+
+    from core.train.distributed import free_port
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "core.cli",
+            "serve",
+            str(model_dirs / "v1"),
+            "--name",
+            "digits",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        r = post(url, "digits", {"inputs": [samples[0].tolist(), samples[1].tolist()]})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
+    assert code in (0, -signal.SIGTERM)
+    assert "Finished server process" in proc.stderr.read().decode()
