@@ -86,7 +86,7 @@ def test_partial_version_never_touches_production(registry, tmp_path):
 
 def test_bad_inputs_are_clear_errors(registry, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(RegistryError, match="lacks config.json"):
+    with pytest.raises(RegistryError, match=r"lacks config\.json"):
         registry.register("m-bad", tmp_path / "empty")
     with pytest.raises(RegistryError, match="has no alias production"):
         registry.get("m-nothing", alias=PRODUCTION)
