@@ -134,3 +134,15 @@ def train_digits(
             card,
         )
     return result, trainer, test
+
+
+def evaluate_model_dir(model_dir: str | Path, split: str = "test", seed: int = 0) -> float:
+    """Accuracy of a model directory (PyTorch weights or ONNX) on a digits split."""
+    from core.serve.predictor import ModelDirPredictor
+
+    pred = ModelDirPredictor(model_dir)
+    pred.load()
+    size = pred.input_shape[-1]
+    x, y = load_digits_splits(size, seed)[split][:]
+    logits = np.stack(pred.predict_batch(list(x.numpy())))
+    return float((logits.argmax(1) == y.numpy()).mean())

@@ -1,0 +1,72 @@
+"""Scheduled retraining against a real local Prefect server: schedules registered, a run completes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from core.train.distributed import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(tmp_path):
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import NIGHTLY, start_server
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "DV_DATA_ROOT": str(tmp_path / "data"),
+        "PREFECT_API_URL": url,
+    }
+    server = start_server(port, env=env)
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "flows.deployments", "--epochs", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # settings, not os.environ: a session prefect_test_harness in this worker must not win
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+
+            async def deployment():
+                async with get_client() as client:
+                    for _ in range(240):
+                        try:
+                            return await client.read_deployment_by_name(
+                                "digits-reference/digits-nightly-retrain"
+                            )
+                        except Exception:
+                            await asyncio.sleep(0.5)
+                    raise AssertionError("deployment never registered")
+
+            dep = asyncio.run(deployment())
+            assert [s.schedule.cron for s in dep.schedules] == [NIGHTLY] and dep.schedules[0].active
+            run = run_deployment(
+                "digits-reference/digits-nightly-retrain",
+                timeout=600,
+                parameters={"epochs": 1, "run_dir": str(tmp_path / "run")},
+            )
+            assert run.state.is_completed(), run.state
+        assert (tmp_path / "run" / "int8" / "model.onnx").is_file()
+    finally:
+        runner.send_signal(signal.SIGINT)
+        try:
+            runner.wait(30)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+        server.terminate()
+        server.wait(30)
