@@ -9,7 +9,7 @@ export DV_DATA_ROOT ?= $(CURDIR)/data
 export PREFECT_HOME ?= $(CURDIR)/data/prefect
 export MPLBACKEND ?= Agg
 
-.PHONY: venv test test-quick lint demo bench clean
+.PHONY: venv test test-quick lint demo bench serve-flows clean
 
 venv: $(STAMP)
 
@@ -34,7 +34,12 @@ test-quick: $(STAMP)
 	$(PY) -m pytest -n 2 -m "not slow"
 
 demo: $(STAMP)
-	$(PY) -m core.reference.demo
+	$(PY) -m flows.demo
+
+# A local Prefect server (127.0.0.1:4200, SQLite under PREFECT_HOME) serving the scheduled
+# retraining deployments; Ctrl-C stops both.
+serve-flows: $(STAMP)
+	$(PY) -m flows.deployments --port 4200
 
 bench: $(STAMP)
 	$(PY) benchmarks/train_engine.py

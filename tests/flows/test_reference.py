@@ -9,7 +9,9 @@ from flows.reference import ParityGateError, parity_gate, reference_flow
 
 def test_parity_gate_passes_small_drops_and_stops_large_ones():
     assert parity_gate.fn(0.99, 0.985, 0.01) == pytest.approx(0.005)
-    with pytest.raises(ParityGateError, match=r"INT8 accuracy 0\.9500 is 0\.0400 below fp32 0\.9900"):
+    with pytest.raises(
+        ParityGateError, match=r"INT8 accuracy 0\.9500 is 0\.0400 below fp32 0\.9900"
+    ):
         parity_gate.fn(0.99, 0.95, 0.01)
 
 
