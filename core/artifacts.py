@@ -40,8 +40,8 @@ def save_model_dir(
     return out
 
 
-def read_model_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """``(config, state_dict)`` of a model directory, with errors that name the missing piece."""
+def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``config.json`` of a model directory (PyTorch or ONNX), with errors naming what is wrong."""
     path = Path(path)
     if not path.is_dir():
         raise ModelLoadError(
@@ -49,22 +49,33 @@ def read_model_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
             where=str(path),
             fix="pass the directory a training run wrote",
         )
-    cfg_path, weights = path / "config.json", path / "model.safetensors"
-    for f in (cfg_path, weights):
-        if not f.is_file():
-            raise ModelLoadError(
-                f"model directory lacks {f.name}",
-                where=str(path),
-                fix="re-run training or export into this directory",
-            )
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ModelLoadError(
+            "model directory lacks config.json",
+            where=str(path),
+            fix="re-run training or export into this directory",
+        )
     try:
-        config = json.loads(cfg_path.read_text())
+        return json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise ModelLoadError(
             f"config.json is not valid JSON ({exc})",
             where=str(cfg_path),
             fix="restore the file from the training run",
         ) from exc
+
+
+def read_model_dir(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``(config, state_dict)`` of a model directory, with errors that name the missing piece."""
+    config = read_config(path)
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(
+            "model directory lacks model.safetensors",
+            where=str(path),
+            fix="re-run training or export into this directory",
+        )
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:

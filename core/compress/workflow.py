@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from core.artifacts import save_model_dir
+from core.artifacts import read_config, save_model_dir
 from core.atomic import atomic_dir
 from core.compress.export import Parity, export_onnx
 from core.compress.prune import PruneConfig, PruneReport, prune
@@ -29,7 +29,7 @@ from core.compress.report import (
     ort_session,
     torch_latency,
 )
-from core.errors import DataError, ModelLoadError
+from core.errors import DataError
 from core.models import example_input, load_model_dir
 
 
@@ -150,12 +150,7 @@ def bench_model_dir(
 ) -> VariantReport:
     """Parameters, size, MACs and latency of a model directory (PyTorch or ONNX)."""
     path = Path(path)
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise ModelLoadError(
-            "model directory lacks config.json", where=str(path), fix="pass a model directory"
-        )
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_config(path)
     rep = VariantReport(name=path.name)
     if (path / "model.onnx").is_file():
         sess = ort_session(path / "model.onnx", threads)

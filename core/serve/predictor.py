@@ -15,7 +15,6 @@ directory whose input is one float tensor (``config.json``'s ``input_shape``), f
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,21 +64,9 @@ class ModelDirPredictor:
         self._run: Any = None
 
     def load(self) -> None:
-        cfg_path = self.model_dir / "config.json"
-        if not cfg_path.is_file():
-            raise ModelLoadError(
-                "model directory lacks config.json",
-                where=str(self.model_dir),
-                fix="point the server at a directory written by training or export",
-            )
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(
-                f"config.json is not valid JSON ({exc.msg})",
-                where=str(cfg_path),
-                fix="restore the file from the training run",
-            ) from exc
+        from core.artifacts import read_config
+
+        cfg = read_config(self.model_dir)
         self.input_shape = tuple(cfg.get("input_shape") or ())
         self.labels = cfg.get("labels")
         onnx_path = self.model_dir / "model.onnx"
