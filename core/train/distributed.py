@@ -10,6 +10,7 @@ gradient-compression hooks (``core.train.comm_hooks``).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import shutil
@@ -86,7 +87,17 @@ def init_distributed(backend: str = "auto", device: torch.device | None = None) 
         torch.cuda.set_device(device)
         kwargs["device_id"] = device
     dist.init_process_group(**kwargs)
+    # A process group left alive at interpreter exit can abort the process (gloo threads are
+    # still joinable: "terminate called without an active exception"); the job finished, but
+    # torchrun then reports a failure. Tear it down on the way out unless the caller did.
+    atexit.register(shutdown_distributed)
     return info
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if this process has one (idempotent)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def free_port() -> int:
