@@ -77,7 +77,9 @@ def shrink_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
                     attr,
                     nn.Parameter(new, old.requires_grad) if isinstance(old, nn.Parameter) else new,
                 )
-        if isinstance(mod, nn.modules.conv._ConvNd):
+        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            mod.in_channels, mod.out_channels = w.shape[0], w.shape[1] * mod.groups
+        elif isinstance(mod, nn.modules.conv._ConvNd):
             depthwise = mod.groups > 1 and mod.groups == mod.in_channels
             mod.out_channels = w.shape[0]
             mod.in_channels = w.shape[0] if depthwise else w.shape[1] * mod.groups

@@ -261,7 +261,10 @@ def build_graph(
                 if cdim[src] != 1 or factor.get(src, 1) != 1:
                     opaque(node, f"convolution on a non-channel layout at {name}")
                     continue
-                if mod.groups == 1 or (mod.groups == mod.in_channels == mod.out_channels):
+                transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+                if mod.groups == 1 or (
+                    not transposed and mod.groups == mod.in_channels == mod.out_channels
+                ):
                     depthwise = mod.groups > 1
                     if name in memo:
                         for (a, _), (b, _) in zip(memo[name + ":in"], in_lay, strict=False):

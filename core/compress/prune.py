@@ -127,18 +127,24 @@ def _group_scores(g: DepGraph, root: int, size: int, kind: str) -> torch.Tensor:
                     fix="run loss.backward() on a batch before prune()",
                 )
             grad = w.grad if kind == "taylor" else None
+            out_dim, in_dim = _weight_dims(mod)
             if use.role in ("producer", "carrier"):
-                sl = w[off : off + n]
-                gs = grad[off : off + n] if grad is not None else None
-                score += _channel_scores(sl, gs, 0, 1, kind).double()
+                sl = w.narrow(out_dim, off, n)
+                gs = grad.narrow(out_dim, off, n) if grad is not None else None
+                score += _channel_scores(sl, gs, out_dim, 1, kind).double()
             else:
                 f = use.factor
-                sl = w[:, off * f : (off + n) * f]
-                gs = grad[:, off * f : (off + n) * f] if grad is not None else None
-                score += _channel_scores(sl, gs, 1, f, kind).double()
+                sl = w.narrow(in_dim, off * f, n * f)
+                gs = grad.narrow(in_dim, off * f, n * f) if grad is not None else None
+                score += _channel_scores(sl, gs, in_dim, f, kind).double()
     if kind == "bn_scale" and not bn_seen:
         return _group_scores(g, root, size, "l1")
     return score
+
+
+def _weight_dims(mod: nn.Module) -> tuple[int, int]:
+    """(output-channel dim, input-channel dim) of a module's weight: transposed convs swap them."""
+    return (1, 0) if isinstance(mod, nn.modules.conv._ConvTransposeNd) else (0, 1)
 
 
 def _round_keep(n_keep: float, size: int, round_to: int) -> int:
@@ -193,9 +199,10 @@ def _apply(g: DepGraph, keep: dict[int, torch.Tensor]) -> None:
                 mod.in_channels = mod.out_channels = mod.groups = len(idx)
             continue
         w = mod.weight.detach()
+        out_dim, in_dim = _weight_dims(mod)
         if "producer" in roles:
             out_idx = _index(g, roles["producer"].layout, keep)
-            w = w[out_idx]
+            w = w.index_select(out_dim, out_idx)
             if mod.bias is not None:
                 _set(mod, "bias", mod.bias.detach()[out_idx])
             if isinstance(mod, nn.Linear):
@@ -205,7 +212,7 @@ def _apply(g: DepGraph, keep: dict[int, torch.Tensor]) -> None:
         if "consumer" in roles:
             use = roles["consumer"]
             in_idx = _index(g, use.layout, keep, use.factor)
-            w = w[:, in_idx]
+            w = w.index_select(in_dim, in_idx)
             if isinstance(mod, nn.Linear):
                 mod.in_features = len(in_idx)
             else:

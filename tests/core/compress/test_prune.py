@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.compress.graph import PruningError, build_graph
-from core.compress.prune import PruneConfig, _segments, prune
+from core.compress.prune import PruneConfig, _segments, _weight_dims, prune
 from core.compress.report import count_params
 
 
@@ -28,13 +28,14 @@ def zero_half(model: nn.Module, example: torch.Tensor) -> None:
                 if r in frozen or n <= 8:
                     continue
                 idx = off + torch.arange(0, n, 2)
+                out_dim, in_dim = _weight_dims(mod)
                 if use.role == "consumer":
                     cols = (idx[:, None] * use.factor + torch.arange(use.factor)).flatten()
-                    mod.weight[:, cols] = 0
+                    mod.weight.index_fill_(in_dim, cols, 0)
                     continue
-                for attr in ("weight", "bias"):
-                    if getattr(mod, attr, None) is not None:
-                        getattr(mod, attr)[idx] = 0
+                mod.weight.index_fill_(out_dim if use.role == "producer" else 0, idx, 0)
+                if getattr(mod, "bias", None) is not None:
+                    mod.bias[idx] = 0
 
 
 def check_equivalent_after_pruning(model: nn.Module, x: torch.Tensor, **cfg) -> object:
@@ -122,13 +123,30 @@ class UNetSkip(nn.Module):
 def test_concatenation_keeps_offsets_for_the_consumer():
     torch.manual_seed(0)
     m = UNetSkip()
-    with pytest.raises(AssertionError):
-        # ConvTranspose2d has (in, out) weight layout; it is not treated as a plain conv
-        assert isinstance(m.up, nn.Conv2d)
     m.up = nn.Upsample(scale_factor=2)
     m.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)
     check_equivalent_after_pruning(m, torch.randn(2, 3, 16, 16))
     assert m.enc.out_channels == 8 and m.dec.in_channels == 16  # 8 + 8 through the concat
+
+
+@pytest.mark.parametrize("up_channels", [16, 32])
+def test_transposed_convolution_slices_its_swapped_weight_dims(up_channels):
+    # ConvTranspose weights are (in, out, k, k); with in == out a wrong-dim slice would keep
+    # shapes valid and silently compute something else, which the equivalence check catches.
+    torch.manual_seed(0)
+    m = UNetSkip()
+    m.down = nn.Conv2d(16, up_channels, 3, stride=2, padding=1)
+    m.up = nn.ConvTranspose2d(up_channels, 16, 2, stride=2)
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 16, 16))
+    assert m.up.in_channels == up_channels // 2 and m.up.out_channels == 8 == m.up.weight.shape[1]
+    from core.models import shrink_to_state_dict
+
+    fresh = UNetSkip()
+    fresh.down = nn.Conv2d(16, up_channels, 3, stride=2, padding=1)
+    fresh.up = nn.ConvTranspose2d(up_channels, 16, 2, stride=2)
+    shrink_to_state_dict(fresh, m.state_dict())
+    fresh.load_state_dict(m.state_dict())
+    assert fresh.up.in_channels == m.up.in_channels and fresh.up.out_channels == m.up.out_channels
 
 
 def test_depthwise_convolution_is_sliced_with_its_input():
