@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.compress.graph import PruningError, build_graph
-from core.compress.prune import PruneConfig, _segments, _weight_dims, prune
+from core.compress.prune import PruneConfig, _segments, prune
 from core.compress.report import count_params
 
 
@@ -28,7 +28,9 @@ def zero_half(model: nn.Module, example: torch.Tensor) -> None:
                 if r in frozen or n <= 8:
                     continue
                 idx = off + torch.arange(0, n, 2)
-                out_dim, in_dim = _weight_dims(mod)
+                # written out here, not imported, so the check stays independent of the code
+                transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
+                out_dim, in_dim = (1, 0) if transposed else (0, 1)
                 if use.role == "consumer":
                     cols = (idx[:, None] * use.factor + torch.arange(use.factor)).flatten()
                     mod.weight.index_fill_(in_dim, cols, 0)
