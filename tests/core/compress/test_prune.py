@@ -27,7 +27,11 @@ def zero_half(model: nn.Module, example: torch.Tensor) -> None:
             for r, off, n in _segments(g, use.layout):
                 if r in frozen or n <= 8:
                     continue
-                idx = off + torch.arange(0, n, 2)
+                # each group its own random half, so no two groups share an index pattern
+                half = torch.randperm(n, generator=torch.Generator().manual_seed(1000 + r))[
+                    : n // 2
+                ]
+                idx = off + torch.sort(half).values
                 # written out here, not imported, so the check stays independent of the code
                 transposed = isinstance(mod, nn.modules.conv._ConvTransposeNd)
                 out_dim, in_dim = (1, 0) if transposed else (0, 1)
