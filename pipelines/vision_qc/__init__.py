@@ -1,7 +1,8 @@
 """vision_qc: industrial defect detection (images -> classed boxes + anomaly score).
 
-Built so far: seeded synthetic inspection data with exact ground truth (``synth``) and readers
-for MVTec AD, COCO and YOLO data with per-file validation (``data``). Model, training,
+Built so far: seeded synthetic inspection data with exact ground truth (``synth``), readers for
+MVTec AD, COCO and YOLO data with per-file validation (``data``), and the networks: an FCOS
+detector on a timm backbone with FPN and a patch-memory anomaly scorer (``model``). Training,
 evaluation, deployment and the CLI follow (issue 5).
 """
 
@@ -20,8 +21,11 @@ from pipelines.vision_qc.synth import paste_defects, write_dataset
 __all__ = [
     "DataConfig",
     "DetectionSet",
+    "ModelConfig",
+    "PatchAnomalyScorer",
     "Sample",
     "SynthConfig",
+    "build_detector",
     "load_coco",
     "load_mvtec",
     "load_yolo",
