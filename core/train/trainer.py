@@ -859,12 +859,16 @@ class Trainer:
 
 
 def _batch_len(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        return _batch_len(next(iter(batch.values())))
-    if isinstance(batch, list | tuple):
-        return _batch_len(batch[0]) if batch and not isinstance(batch[0], dict) else len(batch)
+    """Samples in a batch: ``x`` or ``(x, y, ...)`` where ``x`` is a tensor (batch-first), a list
+    of per-sample items (detection: a list of images) or a dict of batch-first tensors."""
+    first = batch[0] if isinstance(batch, list | tuple) and batch else batch
+    if isinstance(first, torch.Tensor):
+        return first.shape[0]
+    if isinstance(first, list | tuple):
+        return len(first)
+    if isinstance(first, dict) and first:
+        v = next(iter(first.values()))
+        return v.shape[0] if isinstance(v, torch.Tensor) else len(v)
     return 1
 
 

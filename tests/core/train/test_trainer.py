@@ -249,3 +249,14 @@ def test_keeps_last_n_checkpoints_plus_the_best(digits, tmp_path):
     assert kept == ["step-00000004", "step-00000010"]
     assert result.best_checkpoint.endswith("step-00000004") and result.best_metric == 0.9
     assert read_meta(tmp_path / "step-00000010")["best_checkpoint"].endswith("step-00000004")
+
+
+def test_batch_size_is_counted_for_tensor_list_and_dict_batches():
+    from core.train.trainer import _batch_len
+
+    assert _batch_len((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5
+    assert (
+        _batch_len(([torch.zeros(3, 8, 8)] * 4, [{"boxes": torch.zeros(1, 4)}] * 4)) == 4
+    )  # detection
+    assert _batch_len({"input_ids": torch.zeros(6, 10), "mask": torch.zeros(6, 10)}) == 6
+    assert _batch_len(torch.zeros(7, 2)) == 7
