@@ -1,0 +1,227 @@
+"""Training the vision_qc detector through ``core.train`` (AMP on GPU, checkpoint/resume).
+
+Training data: the labelled images a user has, plus their defect-free images with synthetic
+defects pasted on (:func:`pipelines.vision_qc.synth.paste_defects`), so a detector can be
+trained from normal images alone (MVTec's ``train/good``). Each sample is augmented with
+box-aware torchvision v2 transforms (flips, 90° rotations, colour jitter). The randomness of
+sample ``i`` in epoch ``e`` is seeded by ``(seed, e, i)``, so worker count and resume do not
+change what the model sees. Output: a model directory (``model.safetensors``,
+``config.json`` with ``arch="vision_qc_fcos"``, the classes and ``input_shape``,
+``metrics.json``, ``model_card.md``) that ``core.models.load_model_dir`` rebuilds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import Dataset
+
+from core.artifacts import save_model_dir
+from core.train import Callback, FitResult, Trainer, TrainerConfig, seed_everything
+from pipelines.vision_qc.config import DataConfig
+from pipelines.vision_qc.data import DetectionSet, Sample, load_coco, load_mvtec, load_yolo, split
+from pipelines.vision_qc.model import ModelConfig, build_detector
+from pipelines.vision_qc.synth import paste_defects
+
+
+def default_trainer() -> TrainerConfig:
+    return TrainerConfig(
+        max_epochs=8,
+        batch_size=4,
+        eval_every_n_epochs=0,
+        grad_clip_norm=10.0,
+        optimizer={"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+        schedule={"name": "cosine", "warmup_steps": 20},
+    )
+
+
+@dataclass
+class TrainConfig:
+    """One vision_qc training run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=default_trainer)
+    out_dir: str = "data/runs/vision_qc/model"  # model directory to write
+    paste_on_good: bool = True  # paste synthetic defects onto defect-free training images
+    max_pasted: int = 2  # 1..N pasted defects per normal image
+    augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        if isinstance(self.model, dict):
+            self.model = ModelConfig(**self.model)
+        if isinstance(self.trainer, dict):
+            self.trainer = TrainerConfig(**self.trainer)
+        self.model.num_classes = len(self.data.classes)
+        self.trainer.seed = self.seed
+
+
+def load_dataset(cfg: DataConfig) -> DetectionSet:
+    if cfg.format == "mvtec":
+        return load_mvtec(cfg.root, classes=cfg.classes)
+    if cfg.format == "coco":
+        return load_coco(
+            cfg.extra.get("json", str(Path(cfg.root) / "annotations.json")), cfg.root, cfg.classes
+        )
+    return load_yolo(
+        cfg.extra.get("images", str(Path(cfg.root) / "images")),
+        cfg.extra.get("labels", str(Path(cfg.root) / "labels")),
+        cfg.classes,
+    )
+
+
+class DetectionDataset(Dataset):
+    """Images resized to ``image_size`` with their boxes; optional pasting and augmentation."""
+
+    def __init__(
+        self,
+        samples: list[Sample],
+        classes: tuple[str, ...],
+        image_size: int,
+        *,
+        augment: bool,
+        paste: bool,
+        max_pasted: int = 2,
+        seed: int = 0,
+    ) -> None:
+        self.samples, self.classes, self.size = samples, classes, image_size
+        self.augment, self.paste, self.max_pasted, self.seed = augment, paste, max_pasted, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from torchvision import tv_tensors
+        from torchvision.transforms import v2
+
+        s = self.samples[i]
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        img = Image.open(s.path).convert("RGB")
+        sx, sy = self.size / img.width, self.size / img.height
+        arr = (
+            np.asarray(img.resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
+        )
+        boxes = [[b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy] for b in s.boxes]
+        labels = [self.classes.index(lab) + 1 for lab in s.labels]
+        if self.paste and not s.defective:
+            arr, inst = paste_defects(
+                arr, rng, self.classes, int(rng.integers(1, self.max_pasted + 1))
+            )
+            boxes += [list(map(float, it.box)) for it in inst]
+            labels += [self.classes.index(it.cls) + 1 for it in inst]
+        image = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        target = {
+            "boxes": tv_tensors.BoundingBoxes(
+                torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                format="XYXY",
+                canvas_size=(self.size, self.size),
+            ),
+            "labels": torch.tensor(labels, dtype=torch.int64),
+        }
+        if self.augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(rng.integers(0, 2**31)))
+                tf = v2.Compose(
+                    [
+                        v2.RandomHorizontalFlip(),
+                        v2.RandomVerticalFlip(),
+                        v2.ColorJitter(brightness=0.2, contrast=0.2),
+                    ]
+                )
+                image, target = tf(tv_tensors.Image(image), target)
+                k = int(torch.randint(0, 4, ()).item())
+                if k:
+                    image, target = v2.functional.rotate(image, 90.0 * k), target
+                    target["boxes"] = v2.functional.rotate(target["boxes"], 90.0 * k)
+        return torch.as_tensor(image).clamp(0, 1), {
+            "boxes": torch.as_tensor(target["boxes"]),
+            "labels": target["labels"],
+        }
+
+
+def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
+    return [b[0] for b in batch], [b[1] for b in batch]
+
+
+class DetectionTrainer(Trainer):
+    """FCOS returns its losses in training mode; the total is their sum."""
+
+    def compute_loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        images, targets = batch
+        losses = model(images, targets)
+        return sum(losses.values()), None, None
+
+
+class _EpochSetter(Callback):
+    def __init__(self, ds: DetectionDataset) -> None:
+        self.ds = ds
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.ds.set_epoch(epoch)
+
+
+def training_samples(ds: DetectionSet, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """(train, val): MVTec trains on ``train/`` (normal images + pastes) and keeps ``test/`` for
+    evaluation; labelled formats are split by ``val_fraction``."""
+    if cfg.data.format == "mvtec":
+        return ds.where("train"), ds.where("test")
+    return split(ds.samples, cfg.data.val_fraction, cfg.data.seed)
+
+
+def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[FitResult, Path]:
+    """Train the detector; returns the fit result and the model directory written."""
+    ds = load_dataset(cfg.data)
+    train_samples, _ = training_samples(ds, cfg)
+    seed_everything(cfg.seed)
+    model = build_detector(**asdict(cfg.model))
+    train_ds = DetectionDataset(
+        train_samples,
+        cfg.data.classes,
+        cfg.model.image_size,
+        augment=cfg.augment,
+        paste=cfg.paste_on_good,
+        max_pasted=cfg.max_pasted,
+        seed=cfg.seed,
+    )
+    trainer = DetectionTrainer(
+        model,
+        cfg.trainer,
+        collate_fn=collate,
+        callbacks=[_EpochSetter(train_ds), *(callbacks or [])],
+    )
+    result = trainer.fit(train_ds)
+    out = Path(cfg.out_dir)
+    if trainer.is_main:
+        arch = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained_path"}
+        config = {
+            "arch": "vision_qc_fcos",
+            "arch_kwargs": arch,
+            "classes": list(cfg.data.classes),
+            "input_shape": [3, cfg.model.image_size, cfg.model.image_size],
+            "task": "vision_qc",
+        }
+        card = (
+            f"# vision_qc detector\n\nFCOS + {cfg.model.backbone} FPN, {len(train_samples)} training "
+            f"images ({cfg.data.format}), classes {list(cfg.data.classes)}, "
+            f"{result.global_step} steps.\n"
+        )
+        metrics = {
+            "train_steps": result.global_step,
+            "train_images": len(train_samples),
+            "nonfinite_steps": result.nonfinite_steps,
+        }
+        save_model_dir(out, model, config, metrics, card)
+    return result, out
