@@ -22,11 +22,12 @@ of the written ``.onnx`` and the choices made. Dispatch is by config type
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -179,9 +180,19 @@ def _preprocess(src: Path, dst: Path) -> Path:
         return src
 
 
-def _need_out(out: Path | None) -> None:
+@contextlib.contextmanager
+def _onnx_job(model: Any, example: Any, out: Path | None) -> Iterator[tuple[Path, Path]]:
+    """The ONNX quantizers' shared frame: export (if a module), pre-process, write into a temp
+    file, then move it onto ``out`` only when the quantizer succeeded. Yields (input, temp out)."""
     if out is None:
         raise ConfigError("ONNX quantization writes a file", fix="pass out=<path>.onnx")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
+        tmp = Path(tmpd)
+        src = _preprocess(_as_onnx(model, example, tmp), tmp / "pre.onnx")
+        tmp_out = tmp / "int8.onnx"
+        yield src, tmp_out
+        os.replace(tmp_out, out)
 
 
 class _Reader:
@@ -235,13 +246,10 @@ def _(
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    _need_out(out)
     batches = _calibration_batches(calibration, config.max_calibration_batches)
     reduce_range = config.resolved_reduce_range()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
-        tmp = Path(tmpd)
-        src = _preprocess(_as_onnx(model, example, tmp), tmp / "pre.onnx")
+    with _onnx_job(model, example, out) as (src, tmp_out):
+        tmp = tmp_out.parent
         input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
         reader = _Reader(input_name, batches)
         method = {
@@ -257,7 +265,6 @@ def _(
         if config.calibration == "mse":
             cache = tmp / "mse_ranges.json"
             _write_mse_cache(src, input_name, batches, cache)
-        tmp_out = tmp / "int8.onnx"
         quantize_static(
             str(src),
             str(tmp_out),
@@ -267,12 +274,12 @@ def _(
             reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_quantize=list(config.include_nodes) or None,
             nodes_to_exclude=list(config.exclude_nodes),
             calibrate_method=method,
             extra_options=extra,
             calibration_cache_path=str(cache) if cache else None,
         )
-        os.replace(tmp_out, out)
     return QuantizedModel(out, asdict(config), reduce_range, list(config.exclude_nodes))
 
 
@@ -355,13 +362,8 @@ def _(
 ) -> QuantizedModel:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    _need_out(out)
     reduce_range = config.resolved_reduce_range()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="dv-quant-") as tmpd:
-        tmp = Path(tmpd)
-        src = _preprocess(_as_onnx(model, example, tmp), tmp / "pre.onnx")
-        tmp_out = tmp / "int8.onnx"
+    with _onnx_job(model, example, out) as (src, tmp_out):
         quantize_dynamic(
             str(src),
             str(tmp_out),
@@ -371,7 +373,6 @@ def _(
             weight_type=QuantType.QInt8,
             nodes_to_exclude=list(config.exclude_nodes),
         )
-        os.replace(tmp_out, out)
     return QuantizedModel(out, asdict(config), reduce_range, list(config.exclude_nodes))
 
 

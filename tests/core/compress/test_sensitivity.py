@@ -56,7 +56,16 @@ def quantized_nodes(path) -> set[str]:
 
 def test_sensitivity_covers_every_layer_and_quantizes_one_at_a_time(setup, tmp_path):
     path, calib, accuracy = setup
-    sens = layer_sensitivity(path, calib, accuracy)
+    seen: list[set[str]] = []
+
+    def recording(p) -> float:
+        seen.append(quantized_nodes(p))
+        return accuracy(p)
+
+    sens = layer_sensitivity(path, calib, recording)
+    layers = [n for n, _ in quantizable_nodes(path)]
+    assert seen[0] == set()  # the fp32 baseline
+    assert seen[1:] == [{n} for n in layers]  # then each layer alone, and only that layer
     assert len(sens) == 4 and {s.op_type for s in sens} == {"Conv", "Gemm"}
     assert sens == sorted(sens, key=lambda s: s.drop, reverse=True)
     mp = mixed_precision(Int8StaticConfig(), sens, 2)
