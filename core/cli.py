@@ -9,6 +9,7 @@ calls the library and reports.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -94,8 +95,19 @@ def train(
     cfg = DigitsConfig(
         out_dir=str(out) if out else None, seed=seed, trainer=TrainerConfig.from_dict(tcfg)
     )
+    from core.train.distributed import barrier, shutdown_distributed
+
     result, trainer, test = train_digits(cfg)
-    if trainer.is_main:
+    is_main = trainer.is_main
+    # Every rank waits until rank 0 has written the model. Then the DDP reducer, its comm hook
+    # and their pending gloo work are released while the interpreter is fully alive, and only
+    # then is the group destroyed: gloo threads freeing tensors during interpreter shutdown
+    # abort the process (SIGABRT, ~1 run in 16 under load; pytorch/pytorch#179291).
+    barrier()
+    del trainer
+    gc.collect()
+    shutdown_distributed()
+    if is_main:
         print(
             json.dumps(
                 {
