@@ -29,11 +29,17 @@ def save_model_dir(
     config: dict[str, Any],
     metrics: dict[str, Any],
     card: str,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
-    """Write ``out`` atomically with weights, config, metrics and model card."""
+    """Write ``out`` atomically with weights, config, metrics and model card.
+
+    ``extra_tensors`` maps further file names (``*.safetensors``) to tensors saved beside the
+    weights, e.g. an anomaly memory bank."""
     out = Path(out)
     with atomic_dir(out) as tmp:
         save_file(tensors_for_safetensors(model.state_dict()), str(tmp / "model.safetensors"))
+        for name, tensors in (extra_tensors or {}).items():
+            save_file(tensors_for_safetensors(tensors), str(tmp / name))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         (tmp / "model_card.md").write_text(card)

@@ -67,11 +67,10 @@ def _other_batch(example: Example) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _run_torch(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> np.ndarray:
+def _run_torch(model: nn.Module, xs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
     out = model(*xs)
-    if isinstance(out, tuple | list):
-        out = out[0]
-    return out.float().numpy()
+    outs = out if isinstance(out, tuple | list) else (out,)
+    return [o.float().numpy() for o in outs]
 
 
 def export_onnx(
@@ -80,6 +79,7 @@ def export_onnx(
     path: str | os.PathLike[str],
     *,
     input_names: tuple[str, ...] | None = None,
+    output_names: tuple[str, ...] = ("output",),
     dynamic_seq: bool = False,
     opset: int = 18,
     atol: float = 1e-4,
@@ -87,7 +87,8 @@ def export_onnx(
 ) -> Parity:
     """Export ``model`` to ONNX at ``path`` with a dynamic batch axis (and sequence axis).
 
-    Inputs are named ``input`` (one input) or ``input_names``; the first output ``output``.
+    Inputs are named ``input`` (one input) or ``input_names``; outputs ``output_names``
+    (a model returning a tuple names each; parity covers every output).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ def export_onnx(
                 dynamo=True,
                 external_data=False,
                 input_names=names,
-                output_names=["output"],
+                output_names=list(output_names),
                 opset_version=opset,
                 dynamic_shapes=dims,
             )
@@ -144,10 +145,11 @@ def onnx_parity(model: nn.Module, onnx_path: str | os.PathLike[str], example: Ex
     worst_abs = worst_rel = 0.0
     sizes = []
     for xs in (_as_tuple(example), _other_batch(example)):
-        ref = _run_torch(model, xs)
-        got = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})[0]
-        a, r = _compare(ref, got)
-        worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
+        refs = _run_torch(model, xs)
+        gots = sess.run(None, {n: x.numpy() for n, x in zip(names, xs, strict=True)})
+        for ref, got in zip(refs, gots, strict=True):
+            a, r = _compare(ref, got)
+            worst_abs, worst_rel = max(worst_abs, a), max(worst_rel, r)
         sizes.append(xs[0].shape[0])
     return Parity(worst_abs, worst_rel, tuple(sizes))
 

@@ -70,6 +70,7 @@ class Int8StaticConfig:
     percentile: float = 99.999  # percentile calibration: kept fraction of |activations|, in %
     exclude_nodes: tuple[str, ...] = ()  # ONNX node names left in float (mixed precision)
     include_nodes: tuple[str, ...] = ()  # when set, only these nodes are quantized (sensitivity)
+    op_types: tuple[str, ...] = ()  # when set, only these op types are quantized (e.g. ("Conv",))
     max_calibration_batches: int = 32  # at most this many batches are read
 
     def __post_init__(self) -> None:
@@ -82,6 +83,7 @@ class Int8StaticConfig:
             raise ConfigError("percentile must lie in (90, 100]", fix="use e.g. 99.999")
         self.exclude_nodes = tuple(self.exclude_nodes)
         self.include_nodes = tuple(self.include_nodes)
+        self.op_types = tuple(self.op_types)
 
     def resolved_reduce_range(self) -> bool:
         return (not cpu_has_vnni()) if self.reduce_range == "auto" else bool(self.reduce_range)
@@ -276,6 +278,7 @@ def _(
             weight_type=QuantType.QInt8,
             nodes_to_quantize=list(config.include_nodes) or None,
             nodes_to_exclude=list(config.exclude_nodes),
+            op_types_to_quantize=list(config.op_types) or None,
             calibrate_method=method,
             extra_options=extra,
             calibration_cache_path=str(cache) if cache else None,

@@ -45,7 +45,8 @@ class DataConfig:
     root: str = "data/vision_qc/synth"  # data set root
     format: str = "mvtec"  # mvtec | coco | yolo
     classes: tuple[str, ...] = DEFECTS  # known defect classes (others are an error)
-    val_fraction: float = 0.2  # of the labelled images, for threshold selection
+    holdout_fraction: float = 0.3  # COCO/YOLO: images held out of training (MVTec: test/)
+    val_fraction: float = 0.5  # of the held-out images, used to pick the threshold
     seed: int = 0  # split seed
     extra: dict[str, str] = field(default_factory=dict)  # format options (coco json, yolo dirs)
 
@@ -53,5 +54,7 @@ class DataConfig:
         if self.format not in ("mvtec", "coco", "yolo"):
             raise ConfigError(f"unknown data format {self.format!r}", fix="use mvtec, coco or yolo")
         if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError("val_fraction must lie in [0, 1)", fix="use e.g. 0.2")
+            raise ConfigError("val_fraction must lie in [0, 1)", fix="use e.g. 0.5")
+        if not 0.0 < self.holdout_fraction < 1.0:
+            raise ConfigError("holdout_fraction must lie in (0, 1)", fix="use e.g. 0.3")
         self.classes = tuple(self.classes)

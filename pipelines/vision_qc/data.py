@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
 from core.errors import DataError
+from pipelines.vision_qc.config import DataConfig
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -112,9 +113,34 @@ def boxes_from_mask(mask: np.ndarray) -> list[list[float]]:
     ]
 
 
+def load_dataset(cfg: DataConfig) -> DetectionSet:
+    """The data set ``cfg`` describes (format, root, classes)."""
+    if cfg.format == "mvtec":
+        return load_mvtec(cfg.root, classes=cfg.classes)
+    if cfg.format == "coco":
+        return load_coco(
+            cfg.extra.get("json", str(Path(cfg.root) / "annotations.json")), cfg.root, cfg.classes
+        )
+    return load_yolo(
+        cfg.extra.get("images", str(Path(cfg.root) / "images")),
+        cfg.extra.get("labels", str(Path(cfg.root) / "labels")),
+        cfg.classes,
+    )
+
+
 def load_mvtec(root: str | Path, classes: tuple[str, ...] | None = None) -> DetectionSet:
-    """An MVTec AD category folder (``train/good``, ``test/<defect>``, ``ground_truth/<defect>``)."""
+    """An MVTec AD category folder (``train/good``, ``test/<defect>``, ``ground_truth/<defect>``),
+    or a folder of such categories (all are read; one detector serves every product line)."""
     root = Path(root)
+    cats = (
+        sorted(p for p in root.iterdir() if (p / "train").is_dir() or (p / "test").is_dir())
+        if root.is_dir()
+        else []
+    )
+    if cats and not (root / "train").is_dir() and not (root / "test").is_dir():
+        sets = [load_mvtec(c, classes) for c in cats]
+        known = tuple(classes) if classes else tuple(sorted({c for s in sets for c in s.classes}))
+        return DetectionSet([x for s in sets for x in s.samples], known)
     if not (root / "train").is_dir() and not (root / "test").is_dir():
         raise DataError(
             "not an MVTec category folder (no train/ or test/)",

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import ConfigError, DataError
+from pipelines.vision_qc.config import DataConfig
 from pipelines.vision_qc.data import Sample
 
 
@@ -37,6 +39,7 @@ class EvalReport:
     false_alarm_rate: float  # good images with a detection above the threshold
     images: int
     plots: list[str] = field(default_factory=list)
+    anomaly_auroc: float | None = None  # image-level AUROC of the patch anomaly score
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,16 +105,22 @@ def image_scores(detections: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def choose_threshold(
-    scores: np.ndarray, defective: np.ndarray, target_far: float = 0.05
+    scores: np.ndarray, defective: np.ndarray, target_far: float = 0.05, rule: str = "f1"
 ) -> tuple[float, str]:
-    """Operating threshold on validation data (see module docstring); returns (threshold, rule)."""
+    """Operating threshold on validation data (see module docstring); returns (threshold, rule).
+
+    ``rule="f1"``: F1-optimal; ``rule="far"``: the lowest threshold whose false-alarm rate on
+    the good validation images is at most ``target_far``."""
+    if rule not in ("f1", "far"):
+        raise ConfigError(f"unknown threshold rule {rule!r}", fix="use f1 or far")
     scores, defective = np.asarray(scores, float), np.asarray(defective, bool)
     if len(scores) == 0:
         return 0.5, "default 0.5 (no validation images)"
     good, bad = scores[~defective], scores[defective]
-    if len(bad) == 0:
-        thr = float(np.quantile(good, 1 - target_far)) + 1e-6
-        return thr, f"false-alarm rate {target_far:.0%} on good images (validation has no defects)"
+    if len(bad) == 0 or (rule == "far" and len(good)):
+        thr = float(np.quantile(good, 1 - target_far, method="higher")) + 1e-6
+        why = " (validation has no defects)" if len(bad) == 0 else ""
+        return thr, f"false-alarm rate {target_far:.0%} on good images{why}"
     if len(good) == 0:
         return float(bad.min()), "lowest defective score (validation has no good images)"
     uniq = np.unique(scores)
@@ -234,14 +243,94 @@ def evaluate_detections(
     val_defective: np.ndarray,
     out_dir: str | Path | None = None,
     target_far: float = 0.05,
+    rule: str = "f1",
 ) -> EvalReport:
     """All metrics for ``detections`` on ``samples``, threshold chosen on the validation scores."""
     m, m50, per_class, precision = coco_map(samples, detections, classes)
-    thr, rule = choose_threshold(val_scores, val_defective, target_far)
-    det, far = rates(image_scores(detections), np.array([s.defective for s in samples]), thr)
-    report = EvalReport(m, m50, per_class, thr, rule, det, far, len(samples))
+    thr, why = choose_threshold(val_scores, val_defective, target_far, rule)
+    defective = np.array([s.defective for s in samples])
+    det, far = rates(image_scores(detections), defective, thr)
+    report = EvalReport(m, m50, per_class, thr, why, det, far, len(samples))
+    if all("anomaly" in d for d in detections) and 0 < defective.sum() < len(defective):
+        from sklearn.metrics import roc_auc_score
+
+        report.anomaly_auroc = float(roc_auc_score(defective, [d["anomaly"] for d in detections]))
     if out_dir is not None:
         out = Path(out_dir)
         report.plots = plot_all(out, samples, detections, classes, precision, thr)
         (out / "metrics.json").write_text(json.dumps(report.to_json(), indent=2))
+    return report
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of a model directory on the held-out part of a data set."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    out_dir: str = "data/runs/vision_qc/eval"  # metrics.json and the plots
+    rule: str = "f1"  # threshold rule on validation: f1 | far
+    target_far: float = 0.02  # false-alarm target (rule far, or validation without defects)
+    write_threshold: bool = True  # store the chosen threshold in the model's config.json
+    threads: int | None = None  # ONNX Runtime threads (ONNX model directories)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = DataConfig(**self.data)
+        if self.rule not in ("f1", "far"):
+            raise ConfigError(f"unknown threshold rule {self.rule!r}", fix="use f1 or far")
+        if not 0.0 <= self.target_far < 1.0:
+            raise ConfigError("target_far must lie in [0, 1)", fix="use e.g. 0.02")
+
+
+def detect_all(
+    detector: Any, samples: list[Sample], chunk: int = 32, progress: Any = None
+) -> list[dict[str, Any]]:
+    """Raw detections (every box above the score floor) for ``samples``, ``chunk`` at a time."""
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(samples), chunk):
+        out += detector.raw_batch([s.path for s in samples[i : i + chunk]])
+        if progress is not None:
+            progress(min(i + chunk, len(samples)), len(samples))
+    return out
+
+
+def set_threshold(model_dir: str | Path, threshold: float, rule: str) -> None:
+    """Store the operating threshold in a model directory's ``config.json`` (atomically)."""
+    from core.artifacts import read_config
+    from core.atomic import atomic_write_text
+
+    cfg = read_config(model_dir)
+    cfg.update(threshold=float(threshold), threshold_rule=rule)
+    atomic_write_text(Path(model_dir) / "config.json", json.dumps(cfg, indent=2))
+
+
+def evaluate(model_dir: str | Path, cfg: EvalConfig, progress: Any = None) -> EvalReport:
+    """Metrics of ``model_dir`` on the held-out test part of ``cfg.data``, the threshold picked
+    on its validation part; writes ``cfg.out_dir`` and (by default) the model's threshold."""
+    from pipelines.vision_qc.data import load_dataset
+    from pipelines.vision_qc.deploy import DefectDetector
+    from pipelines.vision_qc.train import partition
+
+    parts = partition(load_dataset(cfg.data), cfg.data)
+    if not parts["test"]:
+        raise DataError(
+            "no held-out test images",
+            where=cfg.data.root,
+            fix="add test images or lower val_fraction",
+        )
+    detector = DefectDetector(model_dir, tile=False, threads=cfg.threads)
+    val = detect_all(detector, parts["val"])
+    test = detect_all(detector, parts["test"], progress=progress)
+    report = evaluate_detections(
+        parts["test"],
+        test,
+        tuple(cfg.data.classes),
+        image_scores(val),
+        np.array([s.defective for s in parts["val"]], bool),
+        cfg.out_dir,
+        cfg.target_far,
+        cfg.rule,
+    )
+    if cfg.write_threshold:
+        set_threshold(model_dir, report.threshold, report.threshold_rule)
     return report

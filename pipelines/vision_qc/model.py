@@ -26,6 +26,8 @@ from torch import nn
 from core.errors import ConfigError, ModelLoadError
 from core.models import register_model
 
+ANOMALY_BANK_FILE = "anomaly_bank.safetensors"  # beside model.safetensors in a model directory
+
 
 @dataclass
 class ModelConfig:
@@ -125,10 +127,45 @@ def build_detector(**kwargs: object) -> nn.Module:
     )
 
 
-class PatchAnomalyScorer(nn.Module):
-    """Nearest-neighbour distance of patch features to a bank of normal patches."""
+def patch_features(feats: list[torch.Tensor]) -> torch.Tensor:
+    """``(B, P, C)`` patch features at stride 16: the stride-8 map (pooled 3x3, then 2x2) and
+    the stride-16 map (pooled 3x3), concatenated. Shared by the scorer and the exported graph."""
+    f1 = F.avg_pool2d(F.avg_pool2d(feats[0], 3, 1, 1), 2)
+    f2 = F.avg_pool2d(feats[1], 3, 1, 1)
+    return torch.cat([f1, f2], dim=1).flatten(2).transpose(1, 2)
 
-    def __init__(self, backbone: nn.Module, max_bank: int = 20_000, seed: int = 0) -> None:
+
+def nearest_distance(p: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` image scores: the largest distance from a patch of ``p`` ``(B, P, C)`` to its
+    nearest bank patch ``(M, C)``. Squared distances by one matmul (exportable to ONNX)."""
+    d2 = (p * p).sum(-1, keepdim=True) - 2.0 * p @ bank.t() + bank_sq
+    return d2.min(dim=2).values.max(dim=1).values.clamp_min(0.0).sqrt()
+
+
+def greedy_coreset(x: torch.Tensor, n: int, seed: int = 0, proj_dim: int = 128) -> torch.Tensor:
+    """PatchCore's greedy k-center coreset: ``n`` rows of ``x`` ``(N, C)`` that cover it, chosen
+    on a seeded random projection (Johnson-Lindenstrauss) to keep it fast."""
+    if x.shape[0] <= n:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    z = (
+        x @ torch.randn(x.shape[1], min(proj_dim, x.shape[1]), generator=g)
+        if x.shape[1] > proj_dim
+        else x
+    )
+    chosen = [int(torch.randint(0, x.shape[0], (1,), generator=g))]
+    dist = ((z - z[chosen[0]]) ** 2).sum(1)
+    for _ in range(n - 1):
+        k = int(dist.argmax())
+        chosen.append(k)
+        dist = torch.minimum(dist, ((z - z[k]) ** 2).sum(1))
+    return x[torch.tensor(chosen)]
+
+
+class PatchAnomalyScorer(nn.Module):
+    """Nearest-neighbour distance of patch features to a coreset of normal patches."""
+
+    def __init__(self, backbone: nn.Module, max_bank: int = 2048, seed: int = 0) -> None:
         super().__init__()
         self.backbone = backbone
         self.max_bank = max_bank
@@ -137,25 +174,20 @@ class PatchAnomalyScorer(nn.Module):
 
     @torch.no_grad()
     def patches(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, P, C)`` patch features: stride-8 and stride-16 maps, pooled 3x3, concatenated."""
-        feats = self.backbone(images)
-        f1, f2 = feats[0], feats[1]
-        f1 = F.avg_pool2d(f1, 3, 1, 1)
-        f2 = F.interpolate(
-            F.avg_pool2d(f2, 3, 1, 1), size=f1.shape[-2:], mode="bilinear", align_corners=False
-        )
-        f = torch.cat([f1, f2], dim=1)
-        return f.flatten(2).transpose(1, 2)
+        """``(B, P, C)`` patch features of ``images`` (see :func:`patch_features`)."""
+        return patch_features(self.backbone(images))
 
     @torch.no_grad()
-    def fit(self, normal_images: torch.Tensor) -> None:
-        """Build the memory bank from defect-free images ``(N, 3, H, W)`` (random subsample)."""
+    def fit(self, normal_images: torch.Tensor, chunk: int = 16) -> None:
+        """Build the memory bank from defect-free images ``(N, 3, H, W)`` (greedy coreset)."""
         self.backbone.eval()
-        bank = self.patches(normal_images).reshape(-1, self.patches(normal_images[:1]).shape[-1])
-        if bank.shape[0] > self.max_bank:
-            g = torch.Generator().manual_seed(self.seed)
-            bank = bank[torch.randperm(bank.shape[0], generator=g)[: self.max_bank]]
-        self.bank = bank
+        bank = torch.cat(
+            [
+                self.patches(normal_images[i : i + chunk]).flatten(0, 1)
+                for i in range(0, len(normal_images), chunk)
+            ]
+        )
+        self.bank = greedy_coreset(bank, self.max_bank, self.seed)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> torch.Tensor:
@@ -165,6 +197,30 @@ class PatchAnomalyScorer(nn.Module):
                 "the anomaly scorer has no memory bank",
                 fix="call fit() on defect-free images first",
             )
-        p = self.patches(images)
-        d = torch.cdist(p, self.bank.unsqueeze(0).expand(p.shape[0], -1, -1))
-        return d.min(dim=2).values.max(dim=1).values
+        return nearest_distance(self.patches(images), self.bank, (self.bank**2).sum(1))
+
+
+class _Normalized(nn.Module):
+    def __init__(self, body: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.body = body
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.body((x - self.mean) / self.std)
+
+
+@torch.no_grad()
+def fit_anomaly_bank(
+    detector: nn.Module, normal_images: torch.Tensor, max_bank: int = 1024, seed: int = 0
+) -> torch.Tensor:
+    """The memory bank ``(M, C)`` of a trained detector's backbone on defect-free images
+    ``(N, 3, S, S)`` in [0, 1], normalised as the detector normalises its input."""
+    t = detector.transform
+    body = _Normalized(detector.backbone.body, list(t.image_mean), list(t.image_std))
+    was_training = detector.training
+    scorer = PatchAnomalyScorer(body.eval(), max_bank=max_bank, seed=seed)
+    scorer.fit(normal_images)
+    detector.train(was_training)
+    return scorer.bank

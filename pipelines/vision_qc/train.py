@@ -23,10 +23,16 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from core.artifacts import save_model_dir
+from core.errors import DataError
 from core.train import Callback, FitResult, Trainer, TrainerConfig, seed_everything
 from pipelines.vision_qc.config import DataConfig
-from pipelines.vision_qc.data import DetectionSet, Sample, load_coco, load_mvtec, load_yolo, split
-from pipelines.vision_qc.model import ModelConfig, build_detector
+from pipelines.vision_qc.data import DetectionSet, Sample, load_dataset, split
+from pipelines.vision_qc.model import (
+    ANOMALY_BANK_FILE,
+    ModelConfig,
+    build_detector,
+    fit_anomaly_bank,
+)
 from pipelines.vision_qc.synth import paste_defects
 
 
@@ -49,6 +55,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=default_trainer)
     out_dir: str = "data/runs/vision_qc/model"  # model directory to write
+    anomaly_bank: int = 1024  # patches kept in the anomaly memory bank (0 = no anomaly score)
     paste_on_good: bool = True  # paste synthetic defects onto defect-free training images
     max_pasted: int = 2  # 1..N pasted defects per normal image
     augment: bool = True
@@ -63,20 +70,6 @@ class TrainConfig:
             self.trainer = TrainerConfig(**self.trainer)
         self.model.num_classes = len(self.data.classes)
         self.trainer.seed = self.seed
-
-
-def load_dataset(cfg: DataConfig) -> DetectionSet:
-    if cfg.format == "mvtec":
-        return load_mvtec(cfg.root, classes=cfg.classes)
-    if cfg.format == "coco":
-        return load_coco(
-            cfg.extra.get("json", str(Path(cfg.root) / "annotations.json")), cfg.root, cfg.classes
-        )
-    return load_yolo(
-        cfg.extra.get("images", str(Path(cfg.root) / "images")),
-        cfg.extra.get("labels", str(Path(cfg.root) / "labels")),
-        cfg.classes,
-    )
 
 
 class DetectionDataset(Dataset):
@@ -152,6 +145,12 @@ class DetectionDataset(Dataset):
         }
 
 
+def image_tensor(path: Path, size: int) -> torch.Tensor:
+    """``(3, size, size)`` float image in [0, 1], resized as in training."""
+    img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+
+
 def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
     return [b[0] for b in batch], [b[1] for b in batch]
 
@@ -173,18 +172,26 @@ class _EpochSetter(Callback):
         self.ds.set_epoch(epoch)
 
 
-def training_samples(ds: DetectionSet, cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
-    """(train, val): MVTec trains on ``train/`` (normal images + pastes) and keeps ``test/`` for
-    evaluation; labelled formats are split by ``val_fraction``."""
-    if cfg.data.format == "mvtec":
-        return ds.where("train"), ds.where("test")
-    return split(ds.samples, cfg.data.val_fraction, cfg.data.seed)
+def partition(ds: DetectionSet, cfg: DataConfig) -> dict[str, list[Sample]]:
+    """Seeded ``train`` / ``val`` / ``test`` parts. MVTec trains on ``train/`` (normal images +
+    pastes) and holds out ``test/``; labelled formats hold out ``holdout_fraction``. The held-out
+    images are split again: ``val_fraction`` picks the threshold, the rest is the test set."""
+    if cfg.format == "mvtec":
+        train_part, held = ds.where("train"), ds.where("test")
+    else:
+        train_part, held = split(ds.samples, cfg.holdout_fraction, cfg.seed)
+    test, val = split(held, cfg.val_fraction, cfg.seed + 1)
+    if not train_part:
+        raise DataError(
+            "no training images", where=str(cfg.root), fix="add images (MVTec: train/good)"
+        )
+    return {"train": train_part, "val": val, "test": test}
 
 
 def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[FitResult, Path]:
     """Train the detector; returns the fit result and the model directory written."""
     ds = load_dataset(cfg.data)
-    train_samples, _ = training_samples(ds, cfg)
+    train_samples = partition(ds, cfg.data)["train"]
     seed_everything(cfg.seed)
     model = build_detector(**asdict(cfg.model))
     train_ds = DetectionDataset(
@@ -206,11 +213,21 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
     out = Path(cfg.out_dir)
     if trainer.is_main:
         arch = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained_path"}
+        normal = [s for s in train_samples if not s.defective]
+        extra = {}
+        if cfg.anomaly_bank > 0 and normal:
+            imgs = torch.stack([image_tensor(s.path, cfg.model.image_size) for s in normal])
+            bank = fit_anomaly_bank(model, imgs, cfg.anomaly_bank, cfg.seed)
+            extra = {ANOMALY_BANK_FILE: {"bank": bank}}
         config = {
             "arch": "vision_qc_fcos",
             "arch_kwargs": arch,
             "classes": list(cfg.data.classes),
             "input_shape": [3, cfg.model.image_size, cfg.model.image_size],
+            # training images' typical side: larger inputs are tiled at this scale
+            "source_size": int(np.median([max(s.width, s.height) for s in train_samples])),
+            "anomaly_bank": bool(extra),
+            "threshold": 0.5,  # until evaluation picks the operating threshold
             "task": "vision_qc",
         }
         card = (
@@ -223,5 +240,5 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
             "train_images": len(train_samples),
             "nonfinite_steps": result.nonfinite_steps,
         }
-        save_model_dir(out, model, config, metrics, card)
+        save_model_dir(out, model, config, metrics, card, extra_tensors=extra)
     return result, out

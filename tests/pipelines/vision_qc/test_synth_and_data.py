@@ -122,8 +122,19 @@ def test_missing_mask_and_empty_set_are_errors(synth, tmp_path):
     (tmp_path / "empty" / "train" / "good").mkdir(parents=True)
     with pytest.raises(DataError, match="no images found"):
         load_mvtec(tmp_path / "empty")
+    (tmp_path / "plain").mkdir()
     with pytest.raises(DataError, match="not an MVTec category folder"):
-        load_mvtec(tmp_path)
+        load_mvtec(tmp_path / "plain")
+
+
+def test_a_folder_of_categories_reads_every_category(synth):
+    root, _ = synth
+    both = load_mvtec(root)
+    cats = sorted(p.name for p in root.iterdir() if p.is_dir())
+    assert len(cats) >= 2
+    per_cat = [load_mvtec(root / c) for c in cats]
+    assert len(both) == sum(len(d) for d in per_cat)
+    assert {s.path.parent.parent.parent.name for s in both.samples} == set(cats)
 
 
 def test_yolo_labels_round_trip_and_bad_lines(synth, tmp_path):
