@@ -20,6 +20,7 @@ class SynthConfig:
     n_train_good: int = 24  # defect-free training images per surface
     n_test_good: int = 6  # defect-free test images per surface
     n_test_per_defect: int = 4  # defective test images per surface and class
+    test_counts: dict[str, int] = field(default_factory=dict)  # per-class overrides of the above
     size: int = 256  # image side in pixels
     seed: int = 0  # same seed, same bytes
     max_defects_per_image: int = 2  # 1..N defects of the folder's class per image
@@ -34,6 +35,11 @@ class SynthConfig:
             raise ConfigError(f"unknown defect classes {bad}", fix=f"use any of {list(DEFECTS)}")
         if self.size < 64:
             raise ConfigError("image size must be >= 64 px", fix="use e.g. 256")
+        bad = [d for d in self.test_counts if d not in self.defects]
+        if bad:
+            raise ConfigError(
+                f"test_counts names classes {bad} not drawn", fix="list them in defects"
+            )
         if self.max_defects_per_image < 1:
             raise ConfigError("max_defects_per_image must be >= 1", fix="use 1 or 2")
 

@@ -281,7 +281,11 @@ def write_dataset(cfg: SynthConfig) -> Path:
         for si, surf in enumerate(cfg.surfaces):
             jobs = [("train", "good", i) for i in range(cfg.n_train_good)]
             jobs += [("test", "good", i) for i in range(cfg.n_test_good)]
-            jobs += [("test", d, i) for d in cfg.defects for i in range(cfg.n_test_per_defect)]
+            jobs += [
+                ("test", d, i)
+                for d in cfg.defects
+                for i in range(cfg.test_counts.get(d, cfg.n_test_per_defect))
+            ]
             for split, folder, i in jobs:
                 key = [
                     cfg.seed,
