@@ -44,6 +44,7 @@ serve-flows: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/train_engine.py
 	$(PY) benchmarks/compress.py
+	$(PY) benchmarks/vision_qc.py
 
 clean:
 	rm -rf $(VENV) data/runs data/mlflow data/prefect .pytest_cache

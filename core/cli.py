@@ -266,20 +266,20 @@ def serve(
     watch_interval: Annotated[float, typer.Option(help="seconds between registry checks")] = 10.0,
 ) -> None:
     """Serve a model over HTTP with dynamic batching (POST /v1/models/NAME/predict)."""
-    from core.serve import ModelDirPredictor, ServeConfig, create_app
+    from core.serve import ModelDirPredictor, ServeConfig
+    from core.serve.app import app_for
     from core.serve.server import serve as run_server
 
     cfg = ServeConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
     if registry:
-        from core.registry import ModelRegistry, RegistryWatcher
-
-        watcher = RegistryWatcher(ModelRegistry(), registry, alias)
         cfg.alias, cfg.watch_interval_s = alias, watch_interval
-        application = create_app(watcher.current(), cfg, watcher=watcher)
-    elif model_dir is not None:
-        application = create_app(ModelDirPredictor(model_dir, name=name), cfg)
-    else:
-        raise ConfigError("nothing to serve", fix="pass a MODEL_DIR or --registry NAME")
+    application = app_for(
+        lambda path, n, version: ModelDirPredictor(path, name=n, version=version),
+        cfg,
+        model_dir,
+        registry,
+        name,
+    )
     run_server(application, host, port)
 
 

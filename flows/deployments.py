@@ -21,8 +21,12 @@ import httpx
 NIGHTLY = "0 2 * * *"  # 02:00 every day
 
 
+WEEKLY = "0 3 * * 0"  # 03:00 every Sunday
+
+
 def deployments(epochs: int = 4) -> list:
     from flows.reference import reference_flow
+    from flows.vision_qc import vision_qc_flow
 
     return [
         reference_flow.to_deployment(
@@ -31,6 +35,15 @@ def deployments(epochs: int = 4) -> list:
             parameters={"epochs": epochs},
             tags=["retrain", "digits"],
             description="Nightly retraining of the digits reference model",
+        ),
+        vision_qc_flow.to_deployment(
+            name="vision-qc-weekly-retrain",
+            cron=WEEKLY,
+            parameters={"synthesize": False},
+            tags=["retrain", "vision_qc"],
+            description="Weekly retraining of the defect detector on the data under "
+            "$DV_DATA_ROOT/vision_qc/synth (or the data_dir parameter); promoted only if it "
+            "beats production on the test split",
         ),
     ]
 

@@ -8,17 +8,14 @@ tests) and returns a summary: metric, fp32 vs INT8 latency and size, registry ve
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from core.errors import DVError
-from core.paths import data_root
 from flows.tasks import (
     IO_RETRIES,
+    ParityGateError,
     eval_cache_key,
     hash_dataset_task,
     promote_task,
@@ -26,11 +23,8 @@ from flows.tasks import (
     publish_model_card,
     register_task,
     reload_server_task,
+    run_root,
 )
-
-
-class ParityGateError(DVError):
-    """The INT8 model lost more accuracy than the flow allows."""
 
 
 @task(name="ingest-digits", cache_policy=NO_CACHE, **IO_RETRIES)
@@ -108,12 +102,7 @@ def reference_flow(
 ) -> dict[str, Any]:
     """Train, compress, gate, register and promote the digits model; returns a summary."""
     log = get_run_logger()
-    root = (
-        Path(run_dir)
-        if run_dir
-        else data_root() / "runs" / "reference" / time.strftime("%Y%m%d-%H%M%S")
-    )
-    root.mkdir(parents=True, exist_ok=True)
+    root = run_root("reference", run_dir)
     data = ingest(size=8, seed=seed)
     dataset_hash = hash_dataset_task(arrays=data["arrays"])
     test = train(str(root / "fp32"), epochs, seed)

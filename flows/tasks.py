@@ -18,9 +18,27 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from core.datasets import hash_arrays, hash_directory
+from core.errors import DVError
 from core.registry import ModelRegistry, Promotion
 
 IO_RETRIES = {"retries": 3, "retry_delay_seconds": 2}
+
+
+def run_root(domain: str, run_dir: str | None) -> Path:
+    """A flow run's output folder: ``run_dir``, or a timestamped one under the data root."""
+    import time
+
+    from core.paths import data_root
+
+    root = (
+        Path(run_dir) if run_dir else data_root() / "runs" / domain / time.strftime("%Y%m%d-%H%M%S")
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class ParityGateError(DVError):
+    """The INT8 model lost more accuracy than the flow allows."""
 
 
 def _weights_digest(model_dir: str) -> str:

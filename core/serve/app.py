@@ -37,7 +37,7 @@ from fastapi.responses import JSONResponse, Response
 
 from core.serve.batcher import DynamicBatcher, QueueFull
 from core.serve.metrics import ServeMetrics
-from core.serve.predictor import Predictor, RequestError
+from core.serve.predictor import MultipartBody, Predictor, RequestError, Upload
 
 log = logging.getLogger("core.serve")
 
@@ -242,10 +242,17 @@ def create_app(
             body += chunk
             if len(body) > cfg.max_body_bytes:
                 return error(413, f"request body exceeds the {cfg.max_body_bytes}-byte limit")
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith("multipart/form-data"):
+            try:
+                payload: Any = await _parse_multipart(request.headers, bytes(body))
+            except Exception as exc:  # malformed multipart: the client's fault
+                return error(422, [{"loc": ["body"], "msg": f"invalid multipart body: {exc}"}])
+        else:
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
         try:
             items = await asyncio.to_thread(pred.decode, payload)
         except RequestError as exc:
@@ -259,3 +266,48 @@ def create_app(
         return JSONResponse(pred.encode(outputs))
 
     return app
+
+
+async def _parse_multipart(headers: Any, body: bytes) -> MultipartBody:
+    """A size-checked body parsed by Starlette's multipart parser (python-multipart)."""
+    from starlette.datastructures import UploadFile
+    from starlette.formparsers import MultiPartParser
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    form = await MultiPartParser(headers, stream(), max_files=1000, max_fields=1000).parse()
+    out = MultipartBody()
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            out.files.append(Upload(key, value.filename, value.content_type, await value.read()))
+        else:
+            out.fields[key] = str(value)
+    await form.close()
+    return out
+
+
+def app_for(
+    predictor: Callable[[Any, str, str], Predictor],
+    config: ServeConfig,
+    model_dir: Any = None,
+    registry: str | None = None,
+    name: str | None = None,
+) -> FastAPI:
+    """The app for a model directory, or for a registered model's ``config.alias`` with hot
+    reload; ``predictor(path, name, version)`` builds the domain's predictor."""
+    from pathlib import Path
+
+    from core.errors import ConfigError
+
+    if registry:
+        from core.registry import ModelRegistry, RegistryWatcher
+
+        cfg_alias = config.alias or "production"
+        watcher = RegistryWatcher(ModelRegistry(), registry, cfg_alias, predictor=predictor)
+        config.alias = cfg_alias
+        return create_app(watcher.current(), config, watcher=watcher)
+    if model_dir is None:
+        raise ConfigError("nothing to serve", fix="pass a MODEL_DIR or --registry NAME")
+    path = Path(model_dir)
+    return create_app(predictor(path, name or path.name, "1"), config)

@@ -3,7 +3,7 @@
 A predictor turns one request body into batchable *items*, runs a batched forward over items
 from many requests, and turns each item's output back into JSON::
 
-    decode(body) -> list[item]            # raises RequestError (HTTP 422) with field paths
+    decode(body) -> list[item]            # JSON value or MultipartBody; RequestError -> HTTP 422
     predict_batch(list[item]) -> list[out] # one forward for the whole dynamic batch
     encode(list[out]) -> dict              # the response body for one request
 
@@ -16,12 +16,33 @@ directory whose input is one float tensor (``config.json``'s ``input_shape``), f
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from core.errors import DVError, ModelLoadError
+
+
+@dataclass
+class Upload:
+    """One file of a ``multipart/form-data`` request."""
+
+    field: str
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class MultipartBody:
+    """What a predictor's ``decode`` receives for a multipart request (JSON bodies arrive
+    parsed, as dicts and lists)."""
+
+    files: list[Upload] = dc_field(default_factory=list)
+    fields: dict[str, str] = dc_field(default_factory=dict)
 
 
 class RequestError(DVError):
@@ -100,6 +121,8 @@ class ModelDirPredictor:
         self._run(np.zeros((1, *self.input_shape), dtype=np.float32))
 
     def decode(self, body: Any) -> list[np.ndarray]:
+        if isinstance(body, MultipartBody):
+            raise RequestError([{"loc": ["body"], "msg": "this model takes a JSON body"}])
         if not isinstance(body, dict) or "inputs" not in body:
             raise RequestError([{"loc": ["body", "inputs"], "msg": "field required"}])
         inputs = body["inputs"]

@@ -159,7 +159,7 @@ def plot_all(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -212,19 +212,14 @@ def plot_all(
 
     tiles = []
     for s, d in list(zip(samples, detections, strict=True))[:max_grid]:
-        im = Image.open(s.path).convert("RGB")
-        draw = ImageDraw.Draw(im)
-        for b in s.boxes:
-            draw.rectangle(b, outline=(0, 255, 0), width=2)
-        for b, sc, lab in zip(d["boxes"], d["scores"], d["labels"], strict=True):
-            if sc >= threshold:
-                draw.rectangle([float(v) for v in b], outline=(255, 0, 0), width=2)
-                draw.text(
-                    (float(b[0]), max(float(b[1]) - 10, 0)),
-                    f"{classes[int(lab) - 1]} {sc:.2f}",
-                    fill=(255, 0, 0),
-                )
-        tiles.append(im.resize((192, 192)))
+        keep = d["scores"] >= threshold
+        dets = [
+            {"class": classes[int(lab) - 1], "score": float(sc), "bbox": [float(v) for v in b]}
+            for b, sc, lab in zip(
+                d["boxes"][keep], d["scores"][keep], d["labels"][keep], strict=True
+            )
+        ]
+        tiles.append(draw_detections(s.path, dets, gt=s.boxes).resize((192, 192)))
     if tiles:
         cols = 4
         grid = Image.new("RGB", (cols * 192, ((len(tiles) + cols - 1) // cols) * 192))
@@ -233,6 +228,31 @@ def plot_all(
         grid.save(out / "predictions.png")
         written.append("predictions.png")
     return written
+
+
+def draw_detections(
+    image: str | Path,
+    detections: list[dict[str, Any]],
+    out: str | Path | None = None,
+    gt: list[list[float]] | None = None,
+) -> Any:
+    """The image with predicted boxes (red, ``class score``) and ground truth (green); saved
+    as PNG to ``out`` when given. Returns the PIL image."""
+    from PIL import Image, ImageDraw
+
+    im = Image.open(image).convert("RGB")
+    draw = ImageDraw.Draw(im)
+    for b in gt or []:
+        draw.rectangle(b, outline=(0, 255, 0), width=2)
+    for d in detections:
+        b = d["bbox"]
+        draw.rectangle(b, outline=(255, 0, 0), width=2)
+        draw.text((b[0], max(b[1] - 10, 0)), f"{d['class']} {d['score']:.2f}", fill=(255, 0, 0))
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        im.save(out)
+    return im
 
 
 def evaluate_detections(

@@ -21,7 +21,7 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import NIGHTLY, start_server
+    from flows.deployments import NIGHTLY, WEEKLY, start_server
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -55,6 +55,16 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
 
             dep = asyncio.run(deployment())
             assert [s.schedule.cron for s in dep.schedules] == [NIGHTLY] and dep.schedules[0].active
+
+            async def vision_deployment():
+                async with get_client() as client:
+                    return await client.read_deployment_by_name(
+                        "vision-qc/vision-qc-weekly-retrain"
+                    )
+
+            vqc = asyncio.run(vision_deployment())
+            assert [s.schedule.cron for s in vqc.schedules] == [WEEKLY]
+            assert vqc.parameters == {"synthesize": False}
             run = run_deployment(
                 "digits-reference/digits-nightly-retrain",
                 timeout=600,

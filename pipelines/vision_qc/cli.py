@@ -1,0 +1,324 @@
+"""``vision-qc``: the vision_qc command line (synth, train, evaluate, compress, predict, serve).
+
+Thin by rule: each command builds the same config dataclasses a Python caller builds, calls the
+pipeline function and reports. Errors print one line (``error: what (where); fix``) and exit 2.
+A typical session::
+
+    vision-qc synth --out data/vision_qc/synth
+    vision-qc train --data data/vision_qc/synth --out data/runs/vision_qc/model
+    vision-qc evaluate data/runs/vision_qc/model --data data/vision_qc/synth
+    vision-qc compress data/runs/vision_qc/model --data data/vision_qc/synth
+    vision-qc predict data/runs/vision_qc/deploy/int8 part.png --out preds.json --draw annotated/
+    vision-qc serve data/runs/vision_qc/deploy/int8 --port 8080
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from core.cliutil import exits_on_error, read_json_config, setup_logging
+
+app = typer.Typer(
+    help="Industrial defect detection: synthesise, train, evaluate, compress, predict, serve.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DataOpt = Annotated[
+    Path, typer.Option("--data", help="data set root (MVTec folder(s), or COCO/YOLO root)")
+]
+FormatOpt = Annotated[str, typer.Option("--format", help="mvtec | coco | yolo")]
+ClassesOpt = Annotated[
+    str | None, typer.Option(help="comma-separated defect classes (default: the five synthetic)")
+]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    setup_logging(verbose)
+
+
+def _data(data: Path, fmt: str, classes: str | None) -> Any:
+    from pipelines.vision_qc.config import DataConfig
+
+    kw: dict[str, Any] = {"root": str(data), "format": fmt}
+    if classes:
+        kw["classes"] = tuple(c.strip() for c in classes.split(",") if c.strip())
+    return DataConfig(**kw)
+
+
+def _progress(label: str) -> Any:
+    from rich.progress import Progress
+
+    bar = Progress(transient=True)
+    task = bar.add_task(label, total=None)
+
+    def update(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    return bar, update
+
+
+@app.command()
+@exits_on_error
+def synth(
+    out: Annotated[Path, typer.Option(help="data set root to write")] = Path(
+        "data/vision_qc/synth"
+    ),
+    surfaces: Annotated[
+        str, typer.Option(help="comma-separated surfaces (MVTec categories)")
+    ] = "brushed_metal,wood_grain,pcb",
+    n_train_good: Annotated[int, typer.Option(help="normal training images per surface")] = 24,
+    n_test_good: Annotated[int, typer.Option(help="normal test images per surface")] = 6,
+    n_test_per_defect: Annotated[int, typer.Option(help="test images per surface and class")] = 4,
+    size: Annotated[int, typer.Option(help="image side in pixels")] = 256,
+    seed: Annotated[int, typer.Option(help="same seed, same bytes")] = 0,
+) -> None:
+    """Write a seeded synthetic inspection data set (MVTec layout + COCO JSON)."""
+    from pipelines.vision_qc.config import SynthConfig
+    from pipelines.vision_qc.synth import write_dataset
+
+    cfg = SynthConfig(
+        out_dir=str(out),
+        surfaces=tuple(s.strip() for s in surfaces.split(",") if s.strip()),
+        n_train_good=n_train_good,
+        n_test_good=n_test_good,
+        n_test_per_defect=n_test_per_defect,
+        size=size,
+        seed=seed,
+    )
+    root = write_dataset(cfg)
+    n = sum(1 for p in root.rglob("*.png") if "ground_truth" not in p.parts)
+    typer.echo(f"wrote {n} images to {root} (MVTec layout + annotations.json)")
+
+
+@app.command()
+@exits_on_error
+def train(
+    data: DataOpt = Path("data/vision_qc/synth"),
+    fmt: FormatOpt = "mvtec",
+    classes: ClassesOpt = None,
+    out: Annotated[Path, typer.Option(help="model directory to write")] = Path(
+        "data/runs/vision_qc/model"
+    ),
+    epochs: Annotated[int | None, typer.Option(help="max epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="images per step")] = None,
+    backbone: Annotated[str | None, typer.Option(help="timm backbone")] = None,
+    pretrained: Annotated[
+        Path | None, typer.Option(help="local .safetensors with backbone weights")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON with TrainConfig fields (trainer, model, ...)")
+    ] = None,
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="checkpoints here")] = None,
+    resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint directory")] = None,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Train the detector (FCOS + timm FPN) and write a model directory."""
+    from pipelines.vision_qc.train import TrainConfig
+    from pipelines.vision_qc.train import train as run
+
+    cfg = TrainConfig(**{**read_json_config(config), "out_dir": str(out), "seed": seed})
+    cfg.data = _data(data, fmt, classes)
+    cfg.model.num_classes = len(cfg.data.classes)
+    if backbone:
+        cfg.model.backbone = backbone
+    if pretrained:
+        cfg.model.pretrained_path = str(pretrained)
+    if epochs is not None:
+        cfg.trainer.max_epochs = epochs
+    if batch_size is not None:
+        cfg.trainer.batch_size = batch_size
+    if checkpoint_dir is not None:
+        cfg.trainer.checkpoint.dir = str(checkpoint_dir)
+    if resume is not None:
+        cfg.trainer.checkpoint.resume = resume
+    t0 = time.perf_counter()
+    result, model_dir = run(cfg)
+    typer.echo(
+        f"trained {result.global_step} steps in {time.perf_counter() - t0:.0f} s; model: {model_dir}"
+    )
+
+
+@app.command()
+@exits_on_error
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="model directory (PyTorch or ONNX)")],
+    data: DataOpt = Path("data/vision_qc/synth"),
+    fmt: FormatOpt = "mvtec",
+    classes: ClassesOpt = None,
+    out: Annotated[Path, typer.Option(help="metrics.json and plots here")] = Path(
+        "data/runs/vision_qc/eval"
+    ),
+    rule: Annotated[str, typer.Option(help="threshold rule: f1 | far")] = "f1",
+    target_far: Annotated[float, typer.Option(help="false-alarm target (rule far)")] = 0.02,
+) -> None:
+    """COCO mAP, per-class AP, detection and false-alarm rates; stores the threshold."""
+    from pipelines.vision_qc.evaluate import EvalConfig
+    from pipelines.vision_qc.evaluate import evaluate as run
+
+    cfg = EvalConfig(
+        data=_data(data, fmt, classes), out_dir=str(out), rule=rule, target_far=target_far
+    )
+    bar, update = _progress("evaluating")
+    with bar:
+        rep = run(model_dir, cfg, progress=update)
+    typer.echo(
+        json.dumps(
+            {
+                k: v
+                for k, v in rep.to_json().items()
+                if k in ("map", "map50", "threshold", "detection_rate", "false_alarm_rate")
+            }
+        )
+    )
+    typer.echo(f"metrics and plots: {out}")
+
+
+@app.command()
+@exits_on_error
+def compress(
+    model_dir: Annotated[Path, typer.Argument(help="trained model directory")],
+    data: DataOpt = Path("data/vision_qc/synth"),
+    fmt: FormatOpt = "mvtec",
+    classes: ClassesOpt = None,
+    out: Annotated[Path, typer.Option(help="fp32/, int8/ and parity.json here")] = Path(
+        "data/runs/vision_qc/deploy"
+    ),
+    prune_ratio: Annotated[float, typer.Option(help="channel pruning of the backbone")] = 0.0,
+    calibration: Annotated[
+        str, typer.Option(help="minmax | percentile | entropy | mse")
+    ] = "minmax",
+    max_drop: Annotated[float, typer.Option(help="gate: allowed INT8 mAP@.5 drop")] = 0.01,
+) -> None:
+    """Fuse, (prune,) export fp32 and INT8 ONNX, and report parity on the test images."""
+    from pipelines.vision_qc.data import load_dataset
+    from pipelines.vision_qc.deploy import DeployConfig, deploy
+    from pipelines.vision_qc.train import partition
+
+    dcfg = _data(data, fmt, classes)
+    parts = partition(load_dataset(dcfg), dcfg)
+    rep = deploy(
+        model_dir,
+        parts["train"],
+        parts["test"],
+        DeployConfig(
+            out_dir=str(out),
+            prune_ratio=prune_ratio,
+            calibration=calibration,
+            max_map50_drop=max_drop,
+        ),
+    )
+    for v in rep.variants:
+        typer.echo(
+            f"{v.name:11s} mAP@.5 {v.map50:.4f}  mAP {v.map:.4f}  box agreement {v.box_agreement:.3f}"
+        )
+    typer.echo(f"INT8 model: {rep.int8_dir}  gate: {'passed' if rep.passed else 'FAILED'}")
+    if not rep.passed:
+        from core.errors import DVError
+
+        raise DVError(
+            "; ".join(rep.reasons), where=str(out / "parity.json"), fix="try --calibration mse"
+        )
+
+
+@app.command()
+@exits_on_error
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="model directory (PyTorch or ONNX)")],
+    images: Annotated[list[Path], typer.Argument(help="image files or folders")],
+    out: Annotated[Path | None, typer.Option(help="write predictions JSON here")] = None,
+    draw: Annotated[Path | None, typer.Option(help="write annotated images to this folder")] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="override the operating threshold")
+    ] = None,
+    tile: Annotated[str, typer.Option(help="auto | on | off")] = "auto",
+) -> None:
+    """Detect defects in images; prints or writes JSON, optionally draws the boxes."""
+    from core.errors import ConfigError, DataError
+    from pipelines.vision_qc.data import IMAGE_EXTS
+    from pipelines.vision_qc.deploy import DefectDetector
+    from pipelines.vision_qc.evaluate import draw_detections
+
+    if tile not in ("auto", "on", "off"):
+        raise ConfigError(f"unknown tile mode {tile!r}", fix="use auto, on or off")
+    files: list[Path] = []
+    for p in images:
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError("image not found", where=str(p), fix="check the path")
+    if not files:
+        raise DataError("no images to predict", where=", ".join(map(str, images)), fix="pass files")
+    det = DefectDetector(
+        model_dir, threshold=threshold, tile={"auto": None, "on": True, "off": False}[tile]
+    )
+    results: dict[str, Any] = {}
+    bar, update = _progress("predicting")
+    with bar:
+        for i in range(0, len(files), 8):
+            chunk = files[i : i + 8]
+            for f, r in zip(chunk, det.detect_batch(chunk), strict=True):
+                results[str(f)] = r
+                if draw is not None:
+                    draw_detections(f, r["detections"], draw / f"{f.stem}.png")
+            update(min(i + 8, len(files)), len(files))
+    text = json.dumps(results, indent=2)
+    if out is not None:
+        from core.atomic import atomic_write_text
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, text)
+        flagged = sum(r["defective"] for r in results.values())
+        typer.echo(f"{len(results)} images, {flagged} defective; predictions: {out}")
+    else:
+        typer.echo(text)
+
+
+@app.command()
+@exits_on_error
+def serve(
+    model_dir: Annotated[Path | None, typer.Argument(help="model directory to serve")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="serve this registered model's alias instead (hot reload)")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="registry alias to follow")] = "production",
+    name: Annotated[str | None, typer.Option(help="model name in URLs")] = None,
+    host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    max_body_mb: Annotated[float, typer.Option(help="request body limit (MB)")] = 20.0,
+    max_images: Annotated[int, typer.Option(help="images per request")] = 16,
+    max_megapixels: Annotated[float, typer.Option(help="per image")] = 16.0,
+) -> None:
+    """Serve the detector over HTTP: POST /v1/models/NAME/predict (multipart or base64 JSON)."""
+    from core.serve import ServeConfig
+    from core.serve.app import app_for
+    from core.serve.server import serve as run_server
+    from pipelines.vision_qc.deploy import DefectPredictor, ServeLimits
+
+    limits = ServeLimits(max_images=max_images, max_pixels=int(max_megapixels * 1e6))
+    cfg = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_batch_size=8)
+    if registry:
+        cfg.alias = alias
+        cfg.watch_interval_s = 10.0
+    application = app_for(
+        lambda path, n, version: DefectPredictor(path, n, version, limits=limits),
+        cfg,
+        model_dir,
+        registry,
+        name,
+    )
+    run_server(application, host, port)
+
+
+if __name__ == "__main__":
+    app()
