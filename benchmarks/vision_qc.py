@@ -102,7 +102,7 @@ def main() -> None:
         out_dir=str(work / "train"),
         surfaces=surfaces,
         n_train_good=8 if quick else 96,
-        n_test_good=2 if quick else 4,
+        n_test_good=2 if quick else 20,
         n_test_per_defect=1 if quick else 3,
         seed=0,
     )

@@ -1,4 +1,5 @@
-"""Suite-wide isolation: a private data root and Prefect home, one torch thread per xdist worker."""
+"""Suite-wide isolation: a private data root and Prefect home, one torch thread per xdist worker,
+Triton in interpreter mode and `gpu` tests skipped where there is no CUDA."""
 
 from __future__ import annotations
 
@@ -12,12 +13,26 @@ os.environ["DV_DATA_ROOT"] = _ROOT
 os.environ["PREFECT_HOME"] = os.path.join(_ROOT, "prefect")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("MPLBACKEND", "Agg")
+import torch  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+if not HAS_CUDA:
+    # Triton kernels run in the interpreter on CPU tensors; it must be chosen before
+    # anything imports triton (DESIGN: every kernel is tested this way on CPU).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two xdist workers share two cores: keep each to one intra-op thread.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; this machine has none (run on a GPU host)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture

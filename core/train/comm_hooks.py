@@ -141,8 +141,9 @@ def topk_sparsify(acc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
     Returns ``(indices int32, values, residual)`` with ``residual`` equal to ``acc`` with the
     sent entries zeroed, so that ``residual.index_put((indices,), values) == acc`` exactly.
-    ``residual`` reuses ``acc``'s memory. On CUDA, ``core.kernels`` may supply a faster
-    sampled-threshold selection; this is the exact reference.
+    ``residual`` reuses ``acc``'s memory. On CUDA the hook uses
+    :func:`core.kernels.sparsify.sparsify_ef` instead (sampled threshold, one fused pass);
+    this is the exact reference.
     """
     n = acc.numel()
     if k >= n:
@@ -214,10 +215,16 @@ class TopKHook(CommHook):
         buf = bucket.buffer()
         params = bucket.parameters()
         key = tuple(self.param_names[id(p)] for p in params)
-        acc = buf + self._error_for(key, params, buf)
-        n = acc.numel()
+        err = self._error_for(key, params, buf)
+        n = buf.numel()
         k = max(1, math.ceil(self.ratio * n))
-        idx, values, residual = self.sparsify(acc, k)
+        if buf.is_cuda and self.sparsify is topk_sparsify:
+            # one fused pass on GPU: sampled threshold, emit, residual update (core.kernels)
+            from core.kernels.sparsify import sparsify_ef
+
+            idx, values, residual = sparsify_ef(buf, err, k)
+        else:
+            idx, values, residual = self.sparsify(buf + err, k)
         self._errors[key] = residual
         payload = torch.cat([idx.view(torch.uint8), values.view(torch.uint8)])
         self.step_bytes += payload.numel()

@@ -37,7 +37,10 @@ from pipelines.vision_qc.synth import paste_defects
 
 
 def default_trainer() -> TrainerConfig:
+    """Laptop-CPU defaults; on a GPU with bf16 support, bf16 autocast (AMP)."""
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return TrainerConfig(
+        precision="bf16" if bf16 else "fp32",
         max_epochs=8,
         batch_size=4,
         eval_every_n_epochs=0,

@@ -178,3 +178,19 @@ def test_tiling_finds_a_small_defect_that_a_downscaled_pass_misses(trained):
     assert det.detect(big) == DefectDetector(trained.model_dir, tile=True).detect(big)  # auto tiles
     assert found(det.detect(big))
     assert not found(DefectDetector(trained.model_dir, tile=False).detect(big))
+
+
+def test_optional_pruning_shrinks_the_backbone_and_still_exports(trained, tmp_path):
+    parts = partition(load_dataset(trained.data), trained.data)
+    rep = deploy(
+        trained.model_dir,
+        parts["train"],
+        parts["test"][:6],
+        DeployConfig(out_dir=str(tmp_path / "pruned"), prune_ratio=0.3, calibration_images=8),
+    )
+    step = read_config(tmp_path / "pruned" / "fp32")["compression"][-1]
+    assert step["backbone_macs_after"] < 0.8 * step["backbone_macs_before"]
+    # the pruned graph (with its re-fitted anomaly bank) runs in ONNX Runtime, fp32 and INT8
+    det = DefectDetector(tmp_path / "pruned" / "int8").detect(parts["test"][0].path)
+    assert det["anomaly_score"] is not None and det["anomaly_score"] > 0
+    assert {v.name for v in rep.variants} == {"fp32_torch", "fp32_onnx", "int8_onnx"}
