@@ -14,7 +14,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-DEMO_EPOCHS = 12  # 2 surfaces x 24 normal images, 4 per step: 144 steps
+DEMO_EPOCHS = 20  # 2 surfaces x 24 normal images, 4 per step: 240 steps (~2 min)
 
 
 def main() -> None:

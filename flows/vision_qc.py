@@ -113,7 +113,7 @@ def map50_metric(data: DataConfig) -> Any:
     return metric
 
 
-@flow(name="vision-qc", log_prints=True)
+@flow(name="vision-qc")  # no log_prints: pycocotools prints its tables
 def vision_qc_flow(
     data_dir: str | None = None,
     data_format: str = "mvtec",

@@ -54,6 +54,13 @@ def _data(data: Path, fmt: str, classes: str | None) -> Any:
     return DataConfig(**kw)
 
 
+def _status(label: str) -> Any:
+    """A spinner for steps without a count (a no-op line when not on a terminal)."""
+    from rich.console import Console
+
+    return Console(stderr=True).status(label)
+
+
 def _progress(label: str) -> Any:
     from rich.progress import Progress
 
@@ -94,7 +101,8 @@ def synth(
         size=size,
         seed=seed,
     )
-    root = write_dataset(cfg)
+    with _status(f"synthesising {len(cfg.surfaces)} surfaces into {out}"):
+        root = write_dataset(cfg)
     n = sum(1 for p in root.rglob("*.png") if "ground_truth" not in p.parts)
     typer.echo(f"wrote {n} images to {root} (MVTec layout + annotations.json)")
 
@@ -200,22 +208,24 @@ def compress(
 ) -> None:
     """Fuse, (prune,) export fp32 and INT8 ONNX, and report parity on the test images."""
     from pipelines.vision_qc.data import load_dataset
-    from pipelines.vision_qc.deploy import DeployConfig, deploy
+    from pipelines.vision_qc.deploy import DeployConfig
+    from pipelines.vision_qc.deploy import deploy as _deploy
     from pipelines.vision_qc.train import partition
 
     dcfg = _data(data, fmt, classes)
     parts = partition(load_dataset(dcfg), dcfg)
-    rep = deploy(
-        model_dir,
-        parts["train"],
-        parts["test"],
-        DeployConfig(
-            out_dir=str(out),
-            prune_ratio=prune_ratio,
-            calibration=calibration,
-            max_map50_drop=max_drop,
-        ),
-    )
+    with _status("fusing, exporting, quantizing and checking parity"):
+        rep = _deploy(
+            model_dir,
+            parts["train"],
+            parts["test"],
+            DeployConfig(
+                out_dir=str(out),
+                prune_ratio=prune_ratio,
+                calibration=calibration,
+                max_map50_drop=max_drop,
+            ),
+        )
     for v in rep.variants:
         typer.echo(
             f"{v.name:11s} mAP@.5 {v.map50:.4f}  mAP {v.map:.4f}  box agreement {v.box_agreement:.3f}"
