@@ -51,6 +51,7 @@ def vision_qc_demo() -> dict:
     from core.train import TrainerConfig
     from flows.vision_qc import vision_qc_flow
     from pipelines.vision_qc.config import SynthConfig
+    from pipelines.vision_qc.deploy import DeployConfig
     from pipelines.vision_qc.train import TrainConfig, default_trainer
 
     Console().print(
@@ -63,6 +64,9 @@ def vision_qc_demo() -> dict:
         data_dir=str(data_root() / "vision_qc" / "demo"),
         synth=SynthConfig(surfaces=("brushed_metal", "pcb"), n_train_good=24),
         train_cfg=TrainConfig(trainer=trainer),
+        # 26 test images (~30 boxes): one box moves mAP@.5 by ~3 points, so the demo's gate
+        # allows 3 (the product default, 1 point, is for real test sets; see the benchmark)
+        deploy_cfg=DeployConfig(max_map50_drop=0.03),
     )
     t = Table(title="DeepVerticals demo — vision_qc flow (held-out synthetic test images)")
     t.add_column("what")
