@@ -86,6 +86,20 @@ def ort_session(path: str | os.PathLike[str], threads: int | None = None) -> Any
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def load_ort_session(
+    path: str | os.PathLike[str], threads: int | None = None, fix: str = "re-export the model"
+) -> Any:
+    """:func:`ort_session` for serving: a corrupt or unreadable file is a ModelLoadError."""
+    from core.errors import ModelLoadError
+
+    try:
+        return ort_session(path, threads)
+    except Exception as exc:  # ORT raises its own types for corrupt files
+        raise ModelLoadError(
+            f"model.onnx cannot be loaded ({str(exc)[:200]})", where=str(path), fix=fix
+        ) from exc
+
+
 def ort_latency(session: Any, example: np.ndarray, **kw: Any) -> float:
     name = session.get_inputs()[0].name
     return median_latency(lambda: session.run(None, {name: example}), **kw)

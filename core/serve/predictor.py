@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from core.errors import DVError, ModelLoadError
+from core.errors import DVError
 
 
 @dataclass
@@ -92,16 +92,9 @@ class ModelDirPredictor:
         self.labels = cfg.get("labels")
         onnx_path = self.model_dir / "model.onnx"
         if onnx_path.is_file():
-            from core.compress.report import ort_session
+            from core.compress.report import load_ort_session
 
-            try:
-                sess = ort_session(onnx_path, self.threads)
-            except Exception as exc:  # ORT raises its own types for corrupt files
-                raise ModelLoadError(
-                    f"model.onnx cannot be loaded ({str(exc)[:200]})",
-                    where=str(onnx_path),
-                    fix="re-export the model",
-                ) from exc
+            sess = load_ort_session(onnx_path, self.threads)
             name = sess.get_inputs()[0].name
             self._run = lambda x: sess.run(None, {name: x})[0]
         else:

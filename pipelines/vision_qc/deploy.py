@@ -265,17 +265,9 @@ class DefectDetector:
         self._run = self._load_onnx(threads) if self.backend == "onnx" else self._load_torch()
 
     def _load_onnx(self, threads: int | None) -> Any:
-        from core.compress.report import ort_session
+        from core.compress.report import load_ort_session
 
-        path = self.model_dir / "model.onnx"
-        try:
-            sess = ort_session(path, threads)
-        except Exception as exc:  # ORT raises its own types for corrupt files
-            raise ModelLoadError(
-                f"model.onnx cannot be loaded ({str(exc)[:200]})",
-                where=str(path),
-                fix="re-run vision-qc compress",
-            ) from exc
+        sess = load_ort_session(self.model_dir / "model.onnx", threads, "re-run vision-qc compress")
         name = sess.get_inputs()[0].name
         return lambda x: sess.run(None, {name: x})
 
