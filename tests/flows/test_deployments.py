@@ -42,27 +42,19 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
         # settings, not os.environ: a session prefect_test_harness in this worker must not win
         with temporary_settings(updates={PREFECT_API_URL: url}):
 
-            async def deployment():
+            async def deployment(name):
+                # the runner registers deployments one after another: wait for each
                 async with get_client() as client:
                     for _ in range(240):
                         try:
-                            return await client.read_deployment_by_name(
-                                "digits-reference/digits-nightly-retrain"
-                            )
+                            return await client.read_deployment_by_name(name)
                         except Exception:
                             await asyncio.sleep(0.5)
-                    raise AssertionError("deployment never registered")
+                    raise AssertionError(f"deployment {name} never registered")
 
-            dep = asyncio.run(deployment())
+            dep = asyncio.run(deployment("digits-reference/digits-nightly-retrain"))
             assert [s.schedule.cron for s in dep.schedules] == [NIGHTLY] and dep.schedules[0].active
-
-            async def vision_deployment():
-                async with get_client() as client:
-                    return await client.read_deployment_by_name(
-                        "vision-qc/vision-qc-weekly-retrain"
-                    )
-
-            vqc = asyncio.run(vision_deployment())
+            vqc = asyncio.run(deployment("vision-qc/vision-qc-weekly-retrain"))
             assert [s.schedule.cron for s in vqc.schedules] == [WEEKLY]
             assert vqc.parameters == {"synthesize": False}
             run = run_deployment(
