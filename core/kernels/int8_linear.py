@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.kernels._triton import triton_enabled
+from core.kernels._triton import wants_triton
 
 
 # ---------------------------------------------------------------- references
@@ -64,12 +64,6 @@ def w8a8_matmul_reference(
 
 
 # ---------------------------------------------------------------- dispatch
-def _use_triton(x: torch.Tensor, backend: str) -> bool:
-    if backend not in ("auto", "triton", "reference"):
-        raise ConfigError(f"unknown backend {backend!r}", fix="use auto, triton or reference")
-    return backend == "triton" or (backend == "auto" and x.is_cuda and triton_enabled())
-
-
 def weight_only_matmul(
     x: torch.Tensor,
     wq: torch.Tensor,
@@ -77,7 +71,7 @@ def weight_only_matmul(
     bias: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    if _use_triton(x, backend):
+    if wants_triton(x, backend):
         from core.kernels.int8_triton import weight_only_gemm
 
         return weight_only_gemm(x, wq, scale, bias)
@@ -91,7 +85,7 @@ def w8a8_matmul(
     bias: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    if _use_triton(x, backend):
+    if wants_triton(x, backend):
         from core.kernels.int8_triton import w8a8_gemm
 
         return w8a8_gemm(x, wq, scale, bias)

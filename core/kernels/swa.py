@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError
-from core.kernels._triton import triton_enabled
+from core.kernels._triton import wants_triton
 
 NEG = -1.0e30  # the masked-score fill: exp(NEG - x) is exactly 0 in fp32
 
@@ -140,12 +140,7 @@ def band_attention(
     """The band part: the Triton kernel on CUDA (or when ``backend="triton"``, e.g. under
     ``TRITON_INTERPRET=1``), the chunked reference elsewhere. Returns ``(out, lse)``."""
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    use_triton = backend == "triton" or (
-        backend == "auto" and q.is_cuda and triton_enabled() and q.shape[-1] <= 256
-    )
-    if backend not in ("auto", "triton", "reference"):
-        raise ConfigError(f"unknown backend {backend!r}", fix="use auto, triton or reference")
-    if use_triton:
+    if wants_triton(q, backend, supported=q.shape[-1] <= 256):
         from core.kernels.swa_triton import BandAttention
 
         kpm = key_padding_mask

@@ -31,6 +31,28 @@ def _band(offs_m, offs_n, N, W, CAUSAL: tl.constexpr):
 
 
 @triton.jit
+def _key_range(pid_m, N, W, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """[lo, hi): the key positions a query block's band can reach, lo aligned to BLOCK_N."""
+    lo = tl.maximum(pid_m * BLOCK_M - W, 0)
+    lo = (lo // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, N)
+    else:
+        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M + W, N)
+    return lo, hi
+
+
+@triton.jit
+def _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM: tl.constexpr):
+    """Keys that exist and are not padding, ``(BLOCK_N,)``."""
+    keep = offs_n < N
+    if HAS_KPM:
+        pad = tl.load(KPM + (pid_bh // H) * N + offs_n, mask=offs_n < N, other=1)
+        keep = keep & (pad == 0)
+    return keep
+
+
+@triton.jit
 def _fwd_kernel(
     Q, K, V, Out, LSE, KPM, sm_scale, N, H, W, D,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
@@ -50,12 +72,7 @@ def _fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo = tl.maximum(pid_m * BLOCK_M - W, 0)
-    lo = (lo // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, N)
-    else:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M + W, N)
+    lo, hi = _key_range(pid_m, N, W, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < N) & dmask
@@ -63,10 +80,7 @@ def _fwd_kernel(
         v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale
         vis = _band(offs_m, offs_n, N, W, CAUSAL)
-        if HAS_KPM:
-            b = pid_bh // H
-            pad = tl.load(KPM + b * N + offs_n, mask=offs_n < N, other=1)
-            vis = vis & (pad == 0)[None, :]
+        vis = vis & _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)[None, :]
         s = tl.where(vis, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -103,11 +117,7 @@ def _bwd_kv_kernel(
     kv_mask = (offs_n[:, None] < N) & dmask
     k = tl.load(K + base + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-    keep = offs_n < N
-    if HAS_KPM:
-        b = pid_bh // H
-        pad = tl.load(KPM + b * N + offs_n, mask=offs_n < N, other=1)
-        keep = keep & (pad == 0)
+    keep = _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     if CAUSAL:  # noqa: SIM108
@@ -160,12 +170,7 @@ def _bwd_q_kernel(
     delta = tl.load(DELTA + rbase + offs_m, mask=offs_m < N, other=0.0)
     lse = tl.where(lse == float("-inf"), 0.0, lse)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo = tl.maximum(pid_m * BLOCK_M - W, 0)
-    lo = (lo // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M, N)
-    else:
-        hi = tl.minimum(pid_m * BLOCK_M + BLOCK_M + W, N)
+    lo, hi = _key_range(pid_m, N, W, CAUSAL, BLOCK_M, BLOCK_N)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         kv_mask = (offs_n[:, None] < N) & dmask
@@ -173,10 +178,7 @@ def _bwd_q_kernel(
         v = tl.load(V + base + offs_n[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * sm_scale
         vis = _band(offs_m, offs_n, N, W, CAUSAL)
-        if HAS_KPM:
-            b = pid_bh // H
-            pad = tl.load(KPM + b * N + offs_n, mask=offs_n < N, other=1)
-            vis = vis & (pad == 0)[None, :]
+        vis = vis & _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)[None, :]
         p = tl.where(vis, tl.exp(s - lse[:, None]), 0.0)
         dp = tl.dot(do, tl.trans(v)).to(tl.float32)
         ds = p * (dp - delta[:, None])
