@@ -18,11 +18,9 @@ from flows.tasks import (
     ParityGateError,
     eval_cache_key,
     hash_dataset_task,
-    promote_task,
     publish_metrics,
     publish_model_card,
-    register_task,
-    reload_server_task,
+    release,
     run_root,
 )
 
@@ -116,15 +114,16 @@ def reference_flow(
         "config": {"epochs": epochs, "seed": seed, "quant": quant},
         "flow": "digits-reference",
     }
-    version = register_task(model_name, str(root / "int8"), {"test_accuracy": int8_acc}, lineage)
-
     from core.reference.digits import evaluate_model_dir
 
-    decision = promote_task(model_name, version, evaluate_model_dir, promote_margin)
-    reload = (
-        reload_server_task(server_url)
-        if decision.promoted
-        else {"reloaded": False, "reason": "not promoted"}
+    version, decision, reload = release(
+        model_name,
+        str(root / "int8"),
+        {"test_accuracy": int8_acc},
+        lineage,
+        evaluate_model_dir,
+        promote_margin,
+        server_url,
     )
     summary = {
         "run_dir": str(root),

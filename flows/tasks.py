@@ -107,3 +107,24 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(
         ["| what | value |", "|---|---|", *(f"| {r['what']} | {r['value']} |" for r in rows)]
     )
+
+
+def release(
+    name: str,
+    model_dir: str,
+    metrics: dict[str, float],
+    lineage: dict[str, Any],
+    evaluate: Any,
+    margin: float,
+    server_url: str | None,
+) -> tuple[str, Promotion, dict[str, Any]]:
+    """Every domain flow's tail, called inside the flow: register the model, promote it if it
+    beats production on ``evaluate``, and reload a running server when it was promoted."""
+    version = register_task(name, model_dir, metrics, lineage)
+    decision = promote_task(name, version, evaluate, margin)
+    reload = (
+        reload_server_task(server_url)
+        if decision.promoted
+        else {"reloaded": False, "reason": "not promoted"}
+    )
+    return version, decision, reload

@@ -20,11 +20,9 @@ from core.paths import data_root
 from flows.tasks import (
     IO_RETRIES,
     ParityGateError,
-    promote_task,
     publish_metrics,
     publish_model_card,
-    register_task,
-    reload_server_task,
+    release,
     run_root,
 )
 from pipelines.vision_qc.config import DataConfig, SynthConfig
@@ -164,12 +162,14 @@ def vision_qc_flow(
         "detection_rate": rep["detection_rate"],
         "false_alarm_rate": rep["false_alarm_rate"],
     }
-    version = register_task(model_name, parity["int8_dir"], metrics, lineage)
-    decision = promote_task(model_name, version, map50_metric(data), promote_margin)
-    reload = (
-        reload_server_task(server_url)
-        if decision.promoted
-        else {"reloaded": False, "reason": "not promoted"}
+    version, decision, reload = release(
+        model_name,
+        parity["int8_dir"],
+        metrics,
+        lineage,
+        map50_metric(data),
+        promote_margin,
+        server_url,
     )
     summary = {
         "run_dir": str(root),
