@@ -17,6 +17,7 @@ from core.train.config import (
 )
 from core.train.device import select_device
 from core.train.distributed import launch_local
+from core.train.precision import bf16_is_fast
 from core.train.trainer import FitResult, Trainer, accuracy, seed_everything
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Trainer",
     "TrainerConfig",
     "accuracy",
+    "bf16_is_fast",
     "launch_local",
     "seed_everything",
     "select_device",

@@ -124,6 +124,17 @@ def test_bf16_autocast_trains_on_cpu(digits):
     assert trainer.evaluate(digits["val"])["val/accuracy"] > 0.8
 
 
+def test_bf16_is_fast_only_where_bf16_runs_natively():
+    from core.train import bf16_is_fast
+
+    assert bf16_is_fast("meta") is False
+    if not torch.cuda.is_available():
+        assert bf16_is_fast("cuda") is False
+    # on a CPU without bf16 units autocast would emulate bf16, slower than fp32
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    assert bf16_is_fast("cpu") is bool(native)
+
+
 def test_early_stopping_stops_when_monitored_metric_stalls(digits):
     cfg = small_cfg(
         max_epochs=50,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from core.train import TrainerConfig
+from core.train import TrainerConfig, bf16_is_fast
 from pipelines.vision_qc.config import DataConfig, SynthConfig
 from pipelines.vision_qc.synth import write_dataset
 from pipelines.vision_qc.train import TrainConfig, train
@@ -35,6 +35,7 @@ def trained(tmp_path_factory):
         trainer=TrainerConfig(
             max_epochs=30,
             batch_size=4,
+            precision="bf16" if bf16_is_fast() else "fp32",
             progress="off",
             eval_every_n_epochs=0,
             grad_clip_norm=10.0,
