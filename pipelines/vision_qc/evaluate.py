@@ -4,8 +4,11 @@
   image coordinates.
 * Image level: an image's defect score is its highest detection score. The operating
   threshold is chosen on *validation* data: F1-optimal when validation has defective and
-  good images; when it has no defective images (anomalib's known failure), the threshold
-  that keeps the false-alarm rate on good images at ``target_far``; with no good images, the
+  good images, or with ``rule="far"`` the lowest threshold whose expected false-alarm rate
+  on new good images is at most ``target_far`` (:func:`far_threshold`), moved midway up to
+  the lowest defective score above it (the same validation detection rate, with a margin
+  against false alarms on new images); that rule also serves
+  when validation has no defective images (anomalib's known failure); with no good images, the
   lowest defective score. At that threshold, the detection rate on defective images and the
   false-alarm rate on good images.
 * Plots beside the metrics: PR curves per class (IoU 0.5), the image-level confusion matrix
@@ -109,8 +112,8 @@ def choose_threshold(
 ) -> tuple[float, str]:
     """Operating threshold on validation data (see module docstring); returns (threshold, rule).
 
-    ``rule="f1"``: F1-optimal; ``rule="far"``: the lowest threshold whose false-alarm rate on
-    the good validation images is at most ``target_far``."""
+    ``rule="f1"``: F1-optimal; ``rule="far"``: the lowest threshold whose expected false-alarm
+    rate on new good images is at most ``target_far`` (:func:`far_threshold`)."""
     if rule not in ("f1", "far"):
         raise ConfigError(f"unknown threshold rule {rule!r}", fix="use f1 or far")
     scores, defective = np.asarray(scores, float), np.asarray(defective, bool)
@@ -118,9 +121,14 @@ def choose_threshold(
         return 0.5, "default 0.5 (no validation images)"
     good, bad = scores[~defective], scores[defective]
     if len(bad) == 0 or (rule == "far" and len(good)):
-        thr = float(np.quantile(good, 1 - target_far, method="higher")) + 1e-6
-        why = " (validation has no defects)" if len(bad) == 0 else ""
-        return thr, f"false-alarm rate {target_far:.0%} on good images{why}"
+        thr, why = far_threshold(good, target_far)
+        above = bad[bad >= thr]
+        if len(above):
+            # the validation detection rate stays the same up to the lowest defective score
+            # above the threshold: midway there leaves a margin on both sides for new images
+            thr = (thr - 1e-6 + float(above.min())) / 2
+            why += ", midway to the lowest defective score above"
+        return thr, why + (" (validation has no defects)" if len(bad) == 0 else "")
     if len(good) == 0:
         return float(bad.min()), "lowest defective score (validation has no good images)"
     uniq = np.unique(scores)
@@ -135,6 +143,29 @@ def choose_threshold(
     # midway to the next lower validation score: the same F1 on validation, more margin on new data
     thr = float(uniq[best_i] if best_i == 0 else (uniq[best_i] + uniq[best_i - 1]) / 2)
     return thr, f"F1-optimal (F1 {best_f1:.3f})"
+
+
+def far_threshold(good: np.ndarray, target_far: float) -> tuple[float, str]:
+    """The lowest threshold whose *expected* false-alarm rate on new good images is at most
+    ``target_far``, from ``n`` good validation scores. If ``k`` of them lie above the threshold,
+    a new good image lies above it with probability ``(k + 1) / (n + 1)`` (order statistics),
+    not ``k / n``: the plain quantile would let through about one good image in ``n`` more
+    than the target. With too few good images even the highest score is not enough; the
+    threshold then sits just above it and the reason says how many images are needed."""
+    g = np.sort(np.asarray(good, float))[::-1]
+    n = len(g)
+    k = int(np.floor(target_far * (n + 1) + 1e-9)) - 1  # allowed exceedances
+    if k < 0:
+        why = "above every good validation image"
+        if target_far > 0:
+            need = int(np.ceil(1 / target_far - 1e-9)) - 1
+            why += f": {n} are too few for a {target_far:.0%} false-alarm target (it needs {need})"
+        return float(g[0]) + 1e-6, why
+    k = min(k, n - 1)
+    return float(g[k]) + 1e-6, (
+        f"false-alarm rate <= {target_far:.0%} expected on new good images "
+        f"({k} of {n} validation good images above)"
+    )
 
 
 def rates(scores: np.ndarray, defective: np.ndarray, threshold: float) -> tuple[float, float]:

@@ -69,10 +69,17 @@ def test_threshold_rules_including_validation_without_defects():
     assert rates(scores, defective, thr) == (1.0, 0.0)
     good_only = np.linspace(0, 1, 101)
     thr, rule = choose_threshold(good_only, np.zeros(101, bool), target_far=0.05)
-    assert (
-        "validation has no defects" in rule
-        and rates(good_only, np.zeros(101, bool), thr)[1] <= 0.05
-    )
+    assert "validation has no defects" in rule
+    # (k + 1) / (n + 1) <= 5% allows k = 4 of the 101 good scores above the threshold, not 5
+    assert (good_only >= thr).sum() == 4 and "4 of 101" in rule
+    # far rule with defects: 101 good (k = 4 above allowed) and defective scores 1.5, 2, 3
+    scores = np.concatenate([good_only, [1.5, 2.0, 3.0]])
+    defective = np.arange(104) >= 101
+    thr, rule = choose_threshold(scores, defective, target_far=0.05, rule="far")
+    assert thr == pytest.approx((0.96 + 1.5) / 2) and "midway" in rule
+    assert rates(scores, defective, thr) == (1.0, 0.0)  # the margin clears all good images
+    thr, rule = choose_threshold(good_only[:10], np.zeros(10, bool), target_far=0.02, rule="far")
+    assert thr > good_only[9] and "10 are too few" in rule and "it needs 49" in rule
     thr, rule = choose_threshold(np.array([0.3, 0.7]), np.array([True, True]))
     assert thr == 0.3 and "no good images" in rule
 
