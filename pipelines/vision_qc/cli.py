@@ -205,6 +205,9 @@ def compress(
         str, typer.Option(help="minmax | percentile | entropy | mse")
     ] = "minmax",
     max_drop: Annotated[float, typer.Option(help="gate: allowed INT8 mAP@.5 drop")] = 0.01,
+    int8_scope: Annotated[
+        str, typer.Option(help="INT8 convolutions: backbone | backbone+fpn | all")
+    ] = "backbone+fpn",
 ) -> None:
     """Fuse, (prune,) export fp32 and INT8 ONNX, and report parity on the test images."""
     from pipelines.vision_qc.data import load_dataset
@@ -224,6 +227,7 @@ def compress(
                 prune_ratio=prune_ratio,
                 calibration=calibration,
                 max_map50_drop=max_drop,
+                int8_scope=int8_scope,
             ),
         )
     for v in rep.variants:
@@ -235,7 +239,9 @@ def compress(
         from core.errors import DVError
 
         raise DVError(
-            "; ".join(rep.reasons), where=str(out / "parity.json"), fix="try --calibration mse"
+            "; ".join(rep.reasons),
+            where=str(out / "parity.json"),
+            fix="try --calibration mse or --int8-scope backbone",
         )
 
 

@@ -102,9 +102,31 @@ def test_onnx_and_int8_keep_parity_on_the_test_set(trained, deployed):
     graph = onnx.load(str(trained.base / "deploy" / "int8" / "model.onnx")).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") > 20 and "DequantizeLinear" in ops
+    # default scope backbone+fpn: the FPN's 3x3 convolutions read INT8 weights, the head float
+    dq = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    conv_w = [n.input[1] for n in graph.node if n.op_type == "Conv"]
+    int8_w = [w for w in conv_w if w in dq]
+    assert any("layer_blocks" in w for w in int8_w) and any("body." in w for w in int8_w)
+    assert not any("head." in w for w in int8_w)
+    assert any("head." in w for w in conv_w)
     cfg = read_config(trained.base / "deploy" / "int8")
     assert cfg["threshold"] == read_config(trained.model_dir)["threshold"]
     assert cfg["compression"][-1]["step"] == "quantize"
+
+
+def test_int8_scope_picks_the_quantized_convolutions():
+    from pipelines.vision_qc.deploy import _int8_layer
+
+    names = ["body.conv1.weight", "fpn.inner_blocks.0.0.weight", "fpn.layer_blocks.1.0.weight"]
+    names += ["fpn.extra_blocks.p6.weight", "head.classification_head.conv.0.weight"]
+    picked = {s: [_int8_layer(n, s) for n in names] for s in ("backbone", "backbone+fpn", "all")}
+    assert picked == {
+        "backbone": [True, True, False, False, False],
+        "backbone+fpn": [True, True, True, True, False],
+        "all": [True] * 5,
+    }
+    with pytest.raises(Exception, match="unknown int8_scope"):
+        DeployConfig(int8_scope="head")
 
 
 def test_detector_takes_paths_arrays_and_pil_alike(trained, deployed):
