@@ -60,6 +60,29 @@ def median_latency(fn: Callable[[], Any], warmup: int = 5, repeats: int = 30) ->
     return statistics.median(times)
 
 
+def interleaved_latency(
+    fns: dict[str, Callable[[], Any]], rounds: int = 6, block: int = 10, settle: int = 3
+) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, measured in ``rounds`` that give every one a
+    block of ``block`` timed calls (after ``settle`` untimed ones), in a rotating order. A slow
+    spell of the machine then hits all peers alike instead of whichever ran during it, and the
+    ratios between them are what a benchmark reports. Blocks, not single calls: each runtime
+    keeps its worker threads spinning for a while after a call, which would slow the next
+    peer's call (measured: alternating single calls made every peer 1.5-2x slower)."""
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
+            for _ in range(settle):
+                fn()
+            for _ in range(block):
+                t = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
 def torch_latency(
     model: nn.Module, example: torch.Tensor, threads: int | None = None, **kw: Any
 ) -> float:

@@ -195,3 +195,29 @@ def test_vnni_detection_reads_cpu_flags():
     assert cpu_has_vnni("flags\t\t: avx2 avx_vnni\n")
     assert not cpu_has_vnni("model name: avx512_vnni-like marketing text\n")
     assert Int8StaticConfig(reduce_range="auto").resolved_reduce_range() == (not cpu_has_vnni())
+
+
+def test_interleaved_latency_times_every_peer_in_rotating_blocks():
+    import time
+
+    from core.compress.report import interleaved_latency
+
+    order: list[str] = []
+
+    def call(name, pause):
+        def fn():
+            order.append(name)
+            time.sleep(pause)
+
+        return fn
+
+    lat = interleaved_latency(
+        {"a": call("a", 0.0), "b": call("b", 0.004), "c": call("c", 0.0)},
+        rounds=3,
+        block=2,
+        settle=1,
+    )
+    assert set(lat) == {"a", "b", "c"} and lat["b"] >= 0.004 > lat["a"]
+    assert [order.count(n) for n in "abc"] == [9, 9, 9]  # 3 rounds x (1 settle + 2 timed)
+    # each round runs every peer as one block of 3 calls, starting one further along each time
+    assert "".join(order) == "aaabbbccc" + "bbbcccaaa" + "cccaaabbb"
