@@ -141,7 +141,11 @@ def test_detector_takes_paths_arrays_and_pil_alike(trained, deployed):
     x1, y1, x2, y2 = a["detections"][0]["bbox"]
     assert 0 <= x1 < x2 <= 256 and 0 <= y1 < y2 <= 256
     many = det.detect_batch([s.path, s.path])
-    assert many[0] == many[1] == a
+    assert many[0] == many[1]
+    # a batch of 2 runs other INT8 kernels than a batch of 1: the same boxes, and the anomaly
+    # distance equal up to float rounding (it is reported to 4 decimals)
+    assert {**many[0], "anomaly_score": 0} == {**a, "anomaly_score": 0}
+    assert many[0]["anomaly_score"] == pytest.approx(a["anomaly_score"], rel=1e-4)
 
 
 def test_bad_images_are_named_errors(trained, tmp_path):

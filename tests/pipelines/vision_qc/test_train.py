@@ -44,7 +44,8 @@ def test_dataset_items_are_seeded_and_boxes_follow_the_augmentation(category):
         assert ((ta["boxes"] >= 0) & (ta["boxes"] <= 256)).all()
     a.set_epoch(1)
     assert not torch.equal(a[0][0], b[0][0])  # another epoch, another augmentation
-    plain = DetectionDataset(samples, CLASSES, 256, augment=False, paste=True, seed=0)
+    # one pasted defect, so everything outside its box is the clean image
+    plain = DetectionDataset(samples, CLASSES, 256, augment=False, paste=True, max_pasted=1, seed=0)
     img, tgt = plain[0]
     x1, y1, x2, y2 = tgt["boxes"][0].round().long().tolist()
     assert img.shape == (3, 256, 256)
