@@ -56,7 +56,7 @@ def test_detector_loss_falls_when_fitting_a_batch(cast):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
     model.eval()
     with torch.no_grad():
