@@ -11,7 +11,8 @@ GPU (when CUDA is present):
    causal, x2 for the backward's extra matmuls... see ``band_flops``), against FlexAttention
    (compiled, sliding-window block mask) and SDPA with a dense band mask (skipped where the
    N x N mask does not fit). Also the dense bf16 matmul ceiling of the device.
-2. INT8 weight-only vs bf16 ``nn.Linear`` at M in {1, 16, 64}, K = N = 4096.
+2. INT8 weight-only vs bf16 ``nn.Linear`` at M in {1, 16, 64}, K = N = 4096, timed per call
+   (Python launch included) and replayed from a CUDA graph (the kernels alone).
 3. The CUDA top-k sparsifier vs ``torch.topk`` on a 25M-element bucket at k = 1%.
 
 Run: ``.venv/bin/python benchmarks/kernels.py [--quick]``.
@@ -165,6 +166,18 @@ def gpu_swa(quick: bool) -> list[dict[str, Any]]:
     return rows
 
 
+def _graph_time(fn, calls: int = 20) -> float:
+    """Seconds per call with ``calls`` calls captured in one CUDA graph and replayed: the
+    kernels alone, as a decode loop under CUDA graphs runs them (no Python launch cost)."""
+    fn()  # autotune and compile before capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    return _cuda_time(g.replay, reps=20) / calls
+
+
 def _int8_row(lin: Any, q: Any, m: int) -> dict[str, Any]:
     x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
@@ -172,7 +185,13 @@ def _int8_row(lin: Any, q: Any, m: int) -> dict[str, Any]:
         ti = _cuda_time(lambda: q(x), reps=50)
         ref = lin(x).float()
         err = float((q(x).float() - ref).norm() / ref.norm())
-    return {"m": m, "bf16_us": tb * 1e6, "int8_us": ti * 1e6, "speedup": tb / ti, "rel_err": err}
+        row = {"m": m, "bf16_us": tb * 1e6, "int8_us": ti * 1e6, "speedup": tb / ti}
+        try:
+            gb, gi = _graph_time(lambda: lin(x)), _graph_time(lambda: q(x))
+            row.update(bf16_graph_us=gb * 1e6, int8_graph_us=gi * 1e6, graph_speedup=gb / gi)
+        except RuntimeError as exc:  # capture can fail on old drivers: keep the eager figures
+            row["graph_error"] = str(exc)[:200]
+    return row | {"rel_err": err}
 
 
 def gpu_int8() -> list[dict[str, Any]]:

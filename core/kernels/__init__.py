@@ -7,6 +7,9 @@
 * :mod:`core.kernels.sparsify` — top-k gradient sparsification with error feedback (a CUDA
   C++ kernel built on first use; ``torch.topk`` elsewhere), used by the ``topk`` DDP hook.
 
+``python -m core.kernels.compile_check`` compiles the Triton kernels for sm_80 / sm_90 on
+any machine (registers, spills, shared memory).
+
 Dispatch is at run time: kernels for CUDA tensors, references for everything else;
 ``DV_KERNELS=reference`` forces the references. Importing this package imports neither
 Triton nor a CUDA extension, and never initialises CUDA.

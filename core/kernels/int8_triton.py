@@ -5,8 +5,12 @@ is converted to the activation dtype in registers, the fp32 accumulator is multi
 the per-channel scale and the bias added before the single store (dequantization fused).
 Small M (decode) is memory-bound: the grid is laid out over N with a split over K when
 there are too few N tiles to fill the GPU. ``w8a8_gemm``: int8 x int8 -> int32 ``tl.dot``,
-then per-token and per-channel scales. Autotuned on CUDA; one small fixed configuration
-under ``TRITON_INTERPRET=1``.
+then per-token and per-channel scales. The result is written once, in the activation dtype
+(no fp32 buffer, no cast kernel); split-K configurations add their partial sums atomically
+into an output their pre-hook zeroes (so the low bits of a split-K result depend on the order
+the partial sums land in). Autotuned on CUDA; one small fixed configuration under
+``TRITON_INTERPRET=1``. ``python -m core.kernels.compile_check --kernels int8`` compiles the
+autotune space for sm_80 / sm_90 without a GPU.
 """
 
 from __future__ import annotations
@@ -19,25 +23,38 @@ from core.kernels._triton import interpreting
 from core.kernels.int8_linear import quantize_per_token
 
 
+def _zero_y(nargs: dict) -> None:
+    nargs["Y"].zero_()
+
+
+def interpreter_config(split_k: int) -> triton.Config:
+    """The small tile the interpreter runs (tests pass ``config=`` to reach split-K)."""
+    kw = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": split_k}
+    return triton.Config(kw, num_warps=1, num_stages=1, pre_hook=_zero_y if split_k > 1 else None)
+
+
 def _configs() -> list:
     if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": 1})]
+        return [interpreter_config(1)]
     out = []
     for bm in (16, 64):
         for bn in (32, 64, 128):
             for bk in (64, 128, 256):
+                if bm * bn * bk > 64 * 64 * 256:
+                    continue  # 64 x 128 x 256 spills thousands of bytes on sm_80 and sm_90
                 for sk in (1, 4):
                     out.append(
                         triton.Config(
                             {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk},
-                            num_warps=4,
+                            num_warps=8 if bm * bn * bk >= 64 * 64 * 128 else 4,
                             num_stages=3,
+                            pre_hook=_zero_y if sk > 1 else None,
                         )
                     )
     return out
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K"], reset_to_zero=["Y"])
+@triton.autotune(configs=_configs(), key=["M", "N", "K"])
 @triton.jit
 def _w8_kernel(
     X, Wq, S, B, Y, M, N, K,
@@ -81,9 +98,9 @@ def _w8_kernel(
     ptrs = Y + offs_m[:, None] * N + offs_n[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     if SPLIT_K == 1:
-        tl.store(ptrs, y, mask=mask)
+        tl.store(ptrs, y.to(Y.dtype.element_ty), mask=mask)
     else:
-        tl.atomic_add(ptrs, y, mask=mask)
+        tl.atomic_add(ptrs, y.to(Y.dtype.element_ty), mask=mask)
 
 
 def _launch(
@@ -92,30 +109,54 @@ def _launch(
     scale: torch.Tensor,
     bias: torch.Tensor | None,
     xs: torch.Tensor | None,
+    out_dtype: torch.dtype,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     m, k = x.shape
     n = wq.shape[0]
-    y = torch.zeros((m, n), dtype=torch.float32, device=x.device)  # fp32: split-K adds into it
+    y = torch.empty((m, n), dtype=out_dtype, device=x.device)  # split-K configs zero it first
 
     def grid(meta: dict) -> tuple[int, int, int]:
         return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
-    _w8_kernel[grid](
+    args = (
         x.contiguous(), wq.contiguous(), scale.float().contiguous(),
         bias if bias is not None else scale, y, m, n, k,
-        HAS_BIAS=bias is not None, W8A8=xs is not None, XS=xs if xs is not None else scale,
     )  # fmt: skip
+    kw = {
+        "HAS_BIAS": bias is not None,
+        "W8A8": xs is not None,
+        "XS": xs if xs is not None else scale,
+    }
+    if config is None:
+        _w8_kernel[grid](*args, **kw)
+        return y
+    # a pinned configuration: what the autotuner would do with it, without the tuning
+    if config.pre_hook is not None:
+        config.pre_hook({"Y": y})
+    _w8_kernel.fn[grid(config.kwargs)](
+        *args, **kw, **config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages
+    )
     return y
 
 
 def weight_only_gemm(
-    x: torch.Tensor, wq: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
-    return _launch(x, wq, scale, bias, None).to(x.dtype)
+    """``config`` pins one configuration instead of autotuning."""
+    return _launch(x, wq, scale, bias, None, x.dtype, config)
 
 
 def w8a8_gemm(
-    x: torch.Tensor, wq: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    wq: torch.Tensor,
+    scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: triton.Config | None = None,
 ) -> torch.Tensor:
     xq, xs = quantize_per_token(x)
-    return _launch(xq, wq, scale, bias, xs.contiguous()).to(x.dtype)
+    return _launch(xq, wq, scale, bias, xs.contiguous(), x.dtype, config)

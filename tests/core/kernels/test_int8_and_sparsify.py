@@ -88,6 +88,28 @@ def test_triton_gemms_match_their_references(m, k, n):
     )
 
 
+@pytest.mark.parametrize("split_k", [2, 3])
+def test_split_k_adds_partial_sums_into_a_zeroed_output(split_k):
+    # the configurations that split K accumulate atomically into the output their pre-hook
+    # zeroes; K = 130 leaves the last split a partial tile
+    from core.kernels.int8_triton import interpreter_config, w8a8_gemm, weight_only_gemm
+
+    torch.manual_seed(split_k)
+    x = torch.randn(9, 130)
+    wq, s = quantize_per_channel(torch.randn(24, 130))
+    b = torch.randn(24)
+    cfg = interpreter_config(split_k)
+    assert cfg.pre_hook is not None
+    got = weight_only_gemm(x, wq, s, b, config=cfg)
+    torch.testing.assert_close(got, weight_only_matmul_reference(x, wq, s, b), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        w8a8_gemm(x, wq, s, b, config=cfg),
+        w8a8_matmul_reference(x, wq, s, b),
+        atol=1e-4,
+        rtol=1e-5,
+    )
+
+
 def test_quantize_linears_swaps_every_linear_and_keeps_the_model_close():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))

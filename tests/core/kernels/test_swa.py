@@ -51,6 +51,10 @@ CASES = [
     (41, 64, 100, False, True, None),  # window >= N: full attention
     (33, 16, 3, False, True, [0, 17]),
     (33, 32, 4, True, False, [5, 30]),
+    # W well beyond the (16 x 16 interpreter) tiles: edge blocks masked, inner blocks not
+    (150, 16, 40, False, False, None),
+    (150, 32, 40, True, True, None),
+    (157, 16, 47, True, False, [3]),
 ]
 
 
@@ -108,6 +112,8 @@ GRAD_CASES = [
     (23, 16, 3, True, True, None),
     (19, 32, 2, False, True, [4]),
     (19, 16, 30, True, False, [0, 9]),
+    (150, 16, 40, False, True, None),
+    (157, 16, 47, True, False, None),
 ]
 
 
