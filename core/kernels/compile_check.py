@@ -11,7 +11,8 @@ dispatchers use, and reads back per kernel: registers per thread, spill bytes, s
 Run: ``python -m core.kernels.compile_check [--arch 90 --arch 80] [--json out.json]``.
 It must run with ``TRITON_INTERPRET`` unset (it re-executes itself without it if needed);
 the test suite calls it in a subprocess (``tests/core/kernels/test_compile_check.py``).
-Exit status 1 when a kernel fails to compile, spills, or exceeds shared memory.
+Exit status 1 when a configuration fails to compile, or when a kernel has no configuration
+that is free of spills and fits in shared memory (see :func:`verdict`).
 """
 
 from __future__ import annotations
