@@ -120,6 +120,36 @@ def _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM: tl.constexpr):
     return keep
 
 
+@triton.jit
+def _mask(x, fill, offs_m, offs_n, keep, N, W, CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr,
+          MASKED: tl.constexpr):  # fmt: skip
+    """``x`` with ``fill`` where the band (edge runs only) or the padding hides a key."""
+    if MASKED:
+        x = tl.where(_band(offs_m, offs_n, N, W, CAUSAL), x, fill)
+    if HAS_KPM:
+        x = tl.where(keep[None, :], x, fill)
+    return x
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, rbase, offs_m, N):
+    """Per query row: the forward's log-sum-exp in base 2 (0 for rows that saw nothing) and
+    ``delta = rowsum(dO * O) - dLSE``."""
+    lse = tl.load(LSE + rbase + offs_m, mask=offs_m < N, other=0.0)
+    delta = tl.load(DELTA + rbase + offs_m, mask=offs_m < N, other=0.0)
+    return tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634), delta
+
+
+@triton.jit
+def _probs_and_ds(q, k, v, do, lse2, delta, keep, offs_m, offs_n, N, W, qk_scale,
+                  CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """One tile of the backward: the recomputed probabilities P and dS = P * (dO Vᵀ - delta)."""
+    p = tl.math.exp2(tl.dot(q, tl.trans(k)).to(tl.float32) * qk_scale - lse2[:, None])
+    p = _mask(p, 0.0, offs_m, offs_n, keep, N, W, CAUSAL, HAS_KPM, MASKED)
+    dp = tl.dot(do, tl.trans(v)).to(tl.float32)
+    return p, p * (dp - delta[:, None])
+
+
 # ---------------------------------------------------------------- tile configurations
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per kernel and head-dim class (D <= 64, D > 64).
 # Chosen from a wider set by what ptxas reports for sm_90 (``python -m
@@ -183,11 +213,8 @@ def _fwd_blocks(
         k = _load(K, base, start_n, N, HEAD_DIM, BLOCK_N, BLOCK_D)
         v = _load(V, base, start_n, N, HEAD_DIM, BLOCK_N, BLOCK_D)
         s = tl.dot(q, tl.trans(k)).to(tl.float32) * qk_scale  # base-2 logits
-        if MASKED:
-            s = tl.where(_band(offs_m, offs_n, N, W, CAUSAL), s, float("-inf"))
-        if HAS_KPM:
-            keep = _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)
-            s = tl.where(keep[None, :], s, float("-inf"))
+        keep = _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)
+        s = _mask(s, float("-inf"), offs_m, offs_n, keep, N, W, CAUSAL, HAS_KPM, MASKED)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.math.exp2(s - m_safe[:, None])
@@ -252,18 +279,12 @@ def _kv_blocks(
         offs_m = start_m + tl.arange(0, BLOCK_M)
         q = _load(Q, base, start_m, N, HEAD_DIM, BLOCK_M, BLOCK_D)
         do = _load(DO, base, start_m, N, HEAD_DIM, BLOCK_M, BLOCK_D)
-        lse = tl.load(LSE + rbase + offs_m, mask=offs_m < N, other=0.0)
-        delta = tl.load(DELTA + rbase + offs_m, mask=offs_m < N, other=0.0)
-        lse = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        if MASKED:
-            p = tl.where(_band(offs_m, offs_n, N, W, CAUSAL), p, 0.0)
-        if HAS_KPM:
-            p = tl.where(keep[None, :], p, 0.0)
+        lse2, delta = _row_stats(LSE, DELTA, rbase, offs_m, N)
+        p, ds = _probs_and_ds(
+            q, k, v, do, lse2, delta, keep, offs_m, offs_n, N, W, qk_scale,
+            CAUSAL, HAS_KPM, MASKED,
+        )  # fmt: skip
         dv += tl.dot(tl.trans(p.to(do.dtype)), do).to(tl.float32)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
-        ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q).to(tl.float32)
     return dk, dv
 
@@ -308,7 +329,7 @@ def _bwd_kv_kernel(
 
 @triton.jit
 def _q_blocks(
-    dq, q, do, lse, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, start, stop,
+    dq, q, do, lse2, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, start, stop,
     CAUSAL: tl.constexpr, HAS_KPM: tl.constexpr, MASKED: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
@@ -317,15 +338,11 @@ def _q_blocks(
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k = _load(K, base, start_n, N, HEAD_DIM, BLOCK_N, BLOCK_D)
         v = _load(V, base, start_n, N, HEAD_DIM, BLOCK_N, BLOCK_D)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * qk_scale
-        p = tl.math.exp2(s - lse[:, None])
-        if MASKED:
-            p = tl.where(_band(offs_m, offs_n, N, W, CAUSAL), p, 0.0)
-        if HAS_KPM:
-            keep = _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)
-            p = tl.where(keep[None, :], p, 0.0)
-        dp = tl.dot(do, tl.trans(v)).to(tl.float32)
-        ds = p * (dp - delta[:, None])
+        keep = _not_padding(KPM, pid_bh, H, N, offs_n, HAS_KPM)
+        _, ds = _probs_and_ds(
+            q, k, v, do, lse2, delta, keep, offs_m, offs_n, N, W, qk_scale,
+            CAUSAL, HAS_KPM, MASKED,
+        )  # fmt: skip
         dq += tl.dot(ds.to(k.dtype), k).to(tl.float32)
     return dq
 
@@ -347,22 +364,20 @@ def _bwd_q_kernel(
     offs_m = m0 + tl.arange(0, BLOCK_M)
     q = _load(Q, base, m0, N, HEAD_DIM, BLOCK_M, BLOCK_D)
     do = _load(DO, base, m0, N, HEAD_DIM, BLOCK_M, BLOCK_D)
-    lse = tl.load(LSE + rbase + offs_m, mask=offs_m < N, other=0.0)
-    delta = tl.load(DELTA + rbase + offs_m, mask=offs_m < N, other=0.0)
-    lse = tl.where(lse == float("-inf"), 0.0, lse * 1.4426950408889634)
+    lse2, delta = _row_stats(LSE, DELTA, rbase, offs_m, N)
     qk_scale = sm_scale * 1.4426950408889634
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     lo, fs, fe, hi = _query_major(pid_m, N, W, CAUSAL, BLOCK_M, BLOCK_N)
     dq = _q_blocks(
-        dq, q, do, lse, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, lo, fs,
+        dq, q, do, lse2, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, lo, fs,
         CAUSAL, HAS_KPM, True, HEAD_DIM, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     dq = _q_blocks(
-        dq, q, do, lse, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, fs, fe,
+        dq, q, do, lse2, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, fs, fe,
         CAUSAL, HAS_KPM, False, HEAD_DIM, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     dq = _q_blocks(
-        dq, q, do, lse, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, fe, hi,
+        dq, q, do, lse2, delta, K, V, KPM, base, pid_bh, H, N, W, qk_scale, offs_m, fe, hi,
         CAUSAL, HAS_KPM, True, HEAD_DIM, BLOCK_N, BLOCK_D,
     )  # fmt: skip
     _store(DQ, base, m0, N, dq * sm_scale, HEAD_DIM, BLOCK_M, BLOCK_D)
