@@ -27,31 +27,30 @@ def _zero_y(nargs: dict) -> None:
     nargs["Y"].zero_()
 
 
+def _config(bm: int, bn: int, bk: int, split_k: int, warps: int, stages: int) -> triton.Config:
+    """One tile; split-K configurations zero the output before their atomic adds."""
+    kw = {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split_k}
+    hook = _zero_y if split_k > 1 else None
+    return triton.Config(kw, num_warps=warps, num_stages=stages, pre_hook=hook)
+
+
 def interpreter_config(split_k: int) -> triton.Config:
     """The small tile the interpreter runs (tests pass ``config=`` to reach split-K)."""
-    kw = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "SPLIT_K": split_k}
-    return triton.Config(kw, num_warps=1, num_stages=1, pre_hook=_zero_y if split_k > 1 else None)
+    return _config(16, 16, 32, split_k, 1, 1)
 
 
 def _configs() -> list:
     if interpreting():
         return [interpreter_config(1)]
-    out = []
-    for bm in (16, 64):
-        for bn in (32, 64, 128):
-            for bk in (64, 128, 256):
-                if bm * bn * bk > 64 * 64 * 256:
-                    continue  # 64 x 128 x 256 spills thousands of bytes on sm_80 and sm_90
-                for sk in (1, 4):
-                    out.append(
-                        triton.Config(
-                            {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk},
-                            num_warps=8 if bm * bn * bk >= 64 * 64 * 128 else 4,
-                            num_stages=3,
-                            pre_hook=_zero_y if sk > 1 else None,
-                        )
-                    )
-    return out
+    return [
+        _config(bm, bn, bk, sk, 8 if bm * bn * bk >= 64 * 64 * 128 else 4, 3)
+        for bm in (16, 64)
+        for bn in (32, 64, 128)
+        for bk in (64, 128, 256)
+        # 64 x 128 x 256 spills thousands of bytes on sm_80 and sm_90 (compile_check)
+        if bm * bn * bk <= 64 * 64 * 256
+        for sk in (1, 4)
+    ]
 
 
 @triton.autotune(configs=_configs(), key=["M", "N", "K"])
