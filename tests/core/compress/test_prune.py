@@ -377,7 +377,9 @@ def test_bn_sparsity_training_shrinks_bn_scales_and_bn_scale_pruning_uses_them()
 
     def gamma_l1(m) -> float:
         return sum(
-            float(b.weight.detach().abs().sum()) for b in m.modules() if isinstance(b, nn.BatchNorm2d)
+            float(b.weight.detach().abs().sum())
+            for b in m.modules()
+            if isinstance(b, nn.BatchNorm2d)
         )
 
     seed_everything(0)
