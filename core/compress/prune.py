@@ -187,11 +187,6 @@ def _apply(g: DepGraph, keep: dict[int, torch.Tensor]) -> None:
                     if getattr(mod, attr, None) is not None:
                         _set(mod, attr, getattr(mod, attr).detach()[idx])
                 mod.num_features = len(idx)
-            elif isinstance(mod, nn.LayerNorm):
-                for attr in ("weight", "bias"):
-                    if getattr(mod, attr, None) is not None:
-                        _set(mod, attr, getattr(mod, attr).detach()[idx])
-                mod.normalized_shape = (len(idx),)
             else:  # depthwise convolution
                 _set(mod, "weight", mod.weight.detach()[idx])
                 if mod.bias is not None:
@@ -232,6 +227,18 @@ def prune(
     model.eval()
     with torch.no_grad():
         ref_out = model(*examples)
+    names = {n for n, _ in model.named_modules() if n}
+    unknown = [e for e in cfg.exclude if e not in names]
+    if unknown:
+        import difflib
+
+        hints = [m for e in unknown for m in difflib.get_close_matches(e, names, n=2)]
+        raise ConfigError(
+            f"exclude names no module of the model: {', '.join(unknown)}",
+            where=type(model).__name__,
+            fix="use module names as in model.named_modules()"
+            + (f", e.g. {', '.join(hints)}" if hints else ""),
+        )
     params_before, macs_before = count_params(model), count_macs(model, examples)
     g = build_graph(model, examples, set(cfg.exclude))
     frozen = g.frozen_roots()
@@ -272,14 +279,16 @@ def prune(
         report.groups.append(
             {"modules": sorted(members.get(r, ())), "before": n, "after": keep_n[r]}
         )
-    outputs: dict[int, set[str]] = {}  # a module is reported frozen by what happens to its outputs
-    for use in g.uses:
-        if use.role != "consumer":
-            for r, _, _ in _segments(g, use.layout):
-                outputs.setdefault(r, set()).add(use.module)
-    for r, why in frozen.items():
-        for m in sorted(outputs.get(r, ())):
-            report.frozen.setdefault(m, why)
+    # every conv/linear/norm the trace saw and this prune left whole is reported with why:
+    # its output channels are frozen, or too few to prune
+    for m, layout in g.outputs.items():
+        for r, _, n in _segments(g, layout):
+            if r in frozen:
+                report.frozen.setdefault(m, frozen[r])
+            elif r not in roots and n <= cfg.round_to:
+                report.frozen.setdefault(
+                    m, f"{g.sizes[r]} channels: not more than round_to={cfg.round_to}"
+                )
     return report
 
 

@@ -113,8 +113,10 @@ def load_ort_session(
     path: str | os.PathLike[str], threads: int | None = None, fix: str = "re-export the model"
 ) -> Any:
     """:func:`ort_session` for serving: a corrupt or unreadable file is a ModelLoadError."""
+    from core.artifacts import verify_model_files
     from core.errors import ModelLoadError
 
+    verify_model_files(Path(path).parent, [Path(path).name])
     try:
         return ort_session(path, threads)
     except Exception as exc:  # ORT raises its own types for corrupt files

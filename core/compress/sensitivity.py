@@ -6,8 +6,9 @@
 * :func:`mixed_precision` keeps the ``k`` most sensitive layers in float.
 * :func:`quantize_to_target` searches for a quantization that meets a tolerable metric loss:
   first calibration method x weight granularity (cheapest first), then, from the best of
-  those, layers are returned to float in order of sensitivity until the target is met. It
-  reports every trial and what was chosen; if nothing meets the target it raises
+  those, layers are returned to float in order of sensitivity until the target is met. A
+  trial whose model is byte-identical to an earlier one reuses that evaluation
+  (``same_model_as``). It reports every trial and what was chosen; if nothing meets the target it raises
   :class:`AccuracyTargetError` naming the best it found.
 
 ``evaluate(path) -> float`` scores an ONNX model on held-out data (higher is better).
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic import sha256_file
 from core.compress.quantize import Int8StaticConfig, QuantizedModel, _preprocess, quantize
 from core.errors import DVError
 
@@ -117,10 +119,16 @@ def quantize_to_target(
         floor = fp32 - max_relative_drop * abs(fp32)
         trials: list[dict[str, Any]] = []
 
+        seen: dict[str, int] = {}  # model digest -> index of the trial that evaluated it
+
         def trial(cfg: Int8StaticConfig, stage: str) -> tuple[float, Path]:
             path = tmp / f"trial{len(trials)}.onnx"
             q = quantize(pre, cfg, out=path, calibration=calibration)
-            m = evaluate(q.path)
+            digest = sha256_file(q.path)
+            same = seen.get(digest)
+            # two configurations that give the same bytes need one evaluation, not two
+            m = trials[same]["metric"] if same is not None else evaluate(q.path)
+            seen.setdefault(digest, len(trials))
             trials.append(
                 {
                     "stage": stage,
@@ -129,6 +137,7 @@ def quantize_to_target(
                     "float_layers": list(cfg.exclude_nodes),
                     "metric": m,
                     "meets_target": m >= floor,
+                    "same_model_as": same,
                 }
             )
             return m, q.path

@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from core.artifacts import read_config, save_model_dir
-from core.atomic import atomic_dir
+from core.artifacts import read_config, save_model_dir, write_model_dir
 from core.compress.export import Parity, export_onnx
 from core.compress.prune import PruneConfig, PruneReport, prune
 from core.compress.quantize import QuantizedModel, quantize
@@ -25,11 +24,11 @@ from core.compress.report import (
     count_macs,
     count_params,
     disk_size,
+    load_ort_session,
     ort_latency,
-    ort_session,
     torch_latency,
 )
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.models import example_input, load_model_dir
 
 
@@ -69,7 +68,7 @@ def prune_model_dir(
 def export_model_dir(src: str | os.PathLike[str], out: str | os.PathLike[str]) -> Parity:
     model, cfg = load_model_dir(src)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with write_model_dir(out) as tmp:
         parity = export_onnx(model, example_input(cfg, 2), tmp / "model.onnx")
         details = {
             "format": "onnx",
@@ -123,7 +122,7 @@ def quantize_model_dir(
 ) -> QuantizedModel:
     model, cfg = load_model_dir(src)
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with write_model_dir(out) as tmp:
         q = quantize(
             model,
             config,
@@ -150,10 +149,17 @@ def bench_model_dir(
 ) -> VariantReport:
     """Parameters, size, MACs and latency of a model directory (PyTorch or ONNX)."""
     path = Path(path)
+    bad = [b for b in batches if b < 1]
+    if bad or not batches:
+        raise ConfigError(
+            f"batch sizes must be >= 1, got {list(batches)}", fix="pass e.g. --batch 1 --batch 8"
+        )
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}", fix="pass e.g. --threads 2")
     cfg = read_config(path)
     rep = VariantReport(name=path.name)
     if (path / "model.onnx").is_file():
-        sess = ort_session(path / "model.onnx", threads)
+        sess = load_ort_session(path / "model.onnx", threads)
         rep.size_bytes = disk_size(path / "model.onnx")
         for b in batches:
             rep.latency_ms[f"b{b}"] = ort_latency(sess, example_input(cfg, b).numpy()) * 1e3

@@ -100,7 +100,7 @@ class DigitsConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.trainer, dict):
-            self.trainer = TrainerConfig(**self.trainer)
+            self.trainer = TrainerConfig.from_dict(self.trainer)
         self.trainer.seed = self.seed
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from core.errors import ConfigError
+from core.typedconfig import build, check_types
 
 Precision = Literal["fp32", "fp16", "bf16"]
 CommHookName = Literal["none", "fp16", "bf16", "powersgd", "topk"]
@@ -34,20 +35,24 @@ class OptimizerConfig:
     momentum: float = 0.9  # sgd only
     betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw only
     nesterov: bool = False  # sgd only
+    impl: Literal["auto", "fused", "foreach", "for-loop"] = (
+        "auto"  # auto: fused kernels where the device has them, else multi-tensor (foreach)
+    )
 
     def __post_init__(self) -> None:
-        _check(
-            self.name in ("sgd", "adam", "adamw"),
-            f"unknown optimizer {self.name!r}",
-            "use one of 'sgd', 'adam', 'adamw'",
-        )
+        check_types(self)
         _check(
             self.lr > 0 and math.isfinite(self.lr),
             f"optimizer.lr must be > 0, got {self.lr}",
             "set a positive learning rate such as 1e-3",
         )
         _check(self.weight_decay >= 0, "optimizer.weight_decay must be >= 0", "set 0 to disable it")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        _check(0.0 <= self.momentum < 1.0, "optimizer.momentum must lie in [0, 1)", "use e.g. 0.9")
+        _check(
+            all(0.0 <= b < 1.0 for b in self.betas),
+            f"optimizer.betas must lie in [0, 1), got {list(self.betas)}",
+            "use e.g. [0.9, 0.999]",
+        )
 
 
 @dataclass
@@ -63,11 +68,7 @@ class ScheduleConfig:
     gamma: float = 0.1  # step schedule: multiply lr by this at each decay
 
     def __post_init__(self) -> None:
-        _check(
-            self.name in ("cosine", "constant", "step"),
-            f"unknown schedule {self.name!r}",
-            "use one of 'cosine', 'constant', 'step'",
-        )
+        check_types(self)
         _check(self.warmup_steps >= 0, "schedule.warmup_steps must be >= 0", "set 0 for no warm-up")
         _check(
             0.0 <= self.min_lr_ratio <= 1.0,
@@ -75,6 +76,7 @@ class ScheduleConfig:
             "use e.g. 0.0 or 0.1",
         )
         _check(self.step_size > 0, "schedule.step_size must be > 0", "use e.g. 1000")
+        _check(self.gamma > 0, "schedule.gamma must be > 0", "use e.g. 0.1")
 
 
 @dataclass
@@ -87,11 +89,12 @@ class CheckpointConfig:
     monitor: str | None = None  # metric that defines "best", e.g. "val/accuracy"
     mode: Literal["max", "min"] = "max"  # whether a larger or smaller monitored value is better
     resume: str | None = None  # None: fresh run; "auto": newest valid checkpoint in dir; or a path
+    overwrite: bool = False  # a fresh run may delete the checkpoints another run left in dir
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1", "keep at least one")
         _check(self.every_n_steps >= 0, "checkpoint.every_n_steps must be >= 0", "0 disables it")
-        _check(self.mode in ("max", "min"), "checkpoint.mode must be 'max' or 'min'", "pick one")
         _check(
             self.resume is None or self.dir is not None or self.resume != "auto",
             "checkpoint.resume='auto' needs checkpoint.dir",
@@ -109,10 +112,9 @@ class EarlyStoppingConfig:
     min_delta: float = 0.0  # smallest change that counts as an improvement
 
     def __post_init__(self) -> None:
+        check_types(self)
         _check(self.patience >= 1, "early_stopping.patience must be >= 1", "use e.g. 3")
-        _check(
-            self.mode in ("max", "min"), "early_stopping.mode must be 'max' or 'min'", "pick one"
-        )
+        _check(self.min_delta >= 0, "early_stopping.min_delta must be >= 0", "use e.g. 0.0")
 
 
 @dataclass
@@ -128,16 +130,7 @@ class DistributedConfig:
     bucket_cap_mb: float = 25.0  # DDP bucket size
 
     def __post_init__(self) -> None:
-        _check(
-            self.strategy in ("ddp", "fsdp"),
-            f"unknown strategy {self.strategy!r}",
-            "use 'ddp' or 'fsdp'",
-        )
-        _check(
-            self.comm_hook in ("none", "fp16", "bf16", "powersgd", "topk"),
-            f"unknown comm_hook {self.comm_hook!r}",
-            "use none|fp16|bf16|powersgd|topk",
-        )
+        check_types(self)
         _check(
             0.0 < self.topk_ratio <= 1.0,
             "distributed.topk_ratio must lie in (0, 1]",
@@ -154,6 +147,7 @@ class DistributedConfig:
             "comm hooks apply to DDP only",
             "set comm_hook='none' with strategy='fsdp'",
         )
+        _check(self.bucket_cap_mb > 0, "distributed.bucket_cap_mb must be > 0", "use e.g. 25")
 
 
 @dataclass
@@ -192,6 +186,7 @@ class TrainerConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
+        check_types(self)  # also builds the nested configs given as dicts
         _check(self.max_epochs >= 1, "max_epochs must be >= 1", "use e.g. 10")
         _check(
             self.max_steps is None or self.max_steps >= 1,
@@ -200,12 +195,18 @@ class TrainerConfig:
         )
         _check(self.batch_size >= 1, "batch_size must be >= 1", "use e.g. 32")
         _check(
-            self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1", "1 disables accumulation"
+            self.eval_batch_size is None or self.eval_batch_size >= 1,
+            "eval_batch_size must be >= 1",
+            "leave it None to use batch_size",
+        )
+        _check(self.num_workers >= 0, "num_workers must be >= 0", "0 loads in the main process")
+        _check(
+            self.eval_every_n_epochs >= 0,
+            "eval_every_n_epochs must be >= 0",
+            "use 1 to evaluate every epoch, 0 never",
         )
         _check(
-            self.precision in ("fp32", "fp16", "bf16"),
-            f"unknown precision {self.precision!r}",
-            "use 'fp32', 'fp16' or 'bf16'",
+            self.grad_accum_steps >= 1, "grad_accum_steps must be >= 1", "1 disables accumulation"
         )
         _check(
             self.grad_clip_norm is None or self.grad_clip_norm > 0,
@@ -219,32 +220,12 @@ class TrainerConfig:
         )
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1", "use e.g. 25")
         _check(self.log_every_n_steps >= 1, "log_every_n_steps must be >= 1", "use e.g. 10")
-        _check(
-            self.tracking in ("mlflow", "none"),
-            f"unknown tracking {self.tracking!r}",
-            "use 'mlflow' or 'none'",
-        )
-        for name, typ in (
-            ("optimizer", OptimizerConfig),
-            ("schedule", ScheduleConfig),
-            ("checkpoint", CheckpointConfig),
-            ("distributed", DistributedConfig),
-        ):
-            value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, typ(**value))
-        if isinstance(self.early_stopping, dict):
-            self.early_stopping = EarlyStoppingConfig(**self.early_stopping)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
-        """Build from nested dicts (JSON); unknown keys raise ConfigError naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        _check(
-            not unknown, f"unknown trainer config keys {unknown}", f"valid keys: {sorted(names)}"
-        )
-        return cls(**data)
+        """Build from nested dicts (JSON); unknown keys at any depth and values of the wrong
+        type raise one ConfigError naming the dotted field path."""
+        return build(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (for config.json, MLflow params and checkpoints)."""

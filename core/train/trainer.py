@@ -27,9 +27,11 @@ import logging
 import math
 import os
 import random
+import shutil
 import signal
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +50,14 @@ from core.train.callbacks import Callback, MLflowCallback, ProgressCallback
 from core.train.comm_hooks import CommHook, build_comm_hook
 from core.train.config import TrainerConfig
 from core.train.device import select_device
-from core.train.distributed import DistInfo, all_gather_objects, barrier, init_distributed
+from core.train.distributed import (
+    DistInfo,
+    all_gather_objects,
+    barrier,
+    broadcast_object,
+    init_distributed,
+)
+from core.train.optim import build_optimizer
 from core.train.precision import autocast, make_scaler
 from core.train.schedules import build_scheduler
 
@@ -193,7 +202,9 @@ class Trainer:
         if cfg.tracking == "mlflow":
             self.callbacks.append(MLflowCallback(cfg.experiment, cfg.run_name))
         self.callbacks.extend(callbacks)
+        self._check_monitors()
 
+        self.run_id: str | None = None  # set by fit(): new, or the resumed checkpoint's
         self.global_step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -231,6 +242,35 @@ class Trainer:
     def eval_model(self) -> nn.Module:
         """The model evaluation and prediction use: the EMA weights when EMA is on."""
         return self.ema.module if self.ema is not None else self._forward_model
+
+    def metric_names(self, prefix: str = "val") -> set[str] | None:
+        """Names :meth:`evaluate` logs (``val/loss`` and ``val/<metric>``); None when a
+        subclass overrides ``evaluate`` and the names cannot be known before it runs."""
+        if type(self).evaluate is not Trainer.evaluate:
+            return None
+        return {f"{prefix}/loss", *(f"{prefix}/{name}" for name in self.metrics)}
+
+    def _monitors(self) -> list[tuple[str, str]]:
+        cfg = self.config
+        out = []
+        if cfg.checkpoint.monitor is not None:
+            out.append(("checkpoint.monitor", cfg.checkpoint.monitor))
+        if cfg.early_stopping is not None:
+            out.append(("early_stopping.monitor", cfg.early_stopping.monitor))
+        return out
+
+    def _check_monitors(self) -> None:
+        """A monitored name must be one evaluation logs: checked when the Trainer is built,
+        not after the first epoch."""
+        names = self.metric_names()
+        if names is None:
+            return
+        for key, name in self._monitors():
+            if name not in names:
+                raise ConfigError(
+                    f"{key} {name!r} is not a logged metric",
+                    fix=f"use one of {sorted(names)}",
+                )
 
     def _fire(self, event: str, *args: Any) -> None:
         for cb in self.callbacks:
@@ -272,23 +312,7 @@ class Trainer:
         if self.optimizer_factory is not None:
             self.optimizer = self.optimizer_factory(params)
         else:
-            o = cfg.optimizer
-            if o.name == "sgd":
-                self.optimizer = torch.optim.SGD(
-                    params,
-                    lr=o.lr,
-                    momentum=o.momentum,
-                    weight_decay=o.weight_decay,
-                    nesterov=o.nesterov,
-                )
-            elif o.name == "adam":
-                self.optimizer = torch.optim.Adam(
-                    params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-                )
-            else:
-                self.optimizer = torch.optim.AdamW(
-                    params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
-                )
+            self.optimizer = build_optimizer(params, cfg.optimizer)
         self.scheduler = build_scheduler(self.optimizer, cfg.schedule, max(self.total_steps, 1))
         if cfg.ema_decay is not None:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -391,6 +415,7 @@ class Trainer:
                 "ranks": ranks,
             }
             meta = {
+                "run_id": self.run_id,
                 "epoch": self.epoch,
                 "global_step": self.global_step,
                 "batch_in_epoch": self.batch_in_epoch,
@@ -415,12 +440,61 @@ class Trainer:
                 self._pending_best = False
             self.last_checkpoint = str(path)
             keep = Path(self.best_checkpoint) if self.best_checkpoint else None
-            ckpt.prune_checkpoints(root, cfg.checkpoint.keep_last, keep)
+            ckpt.prune_checkpoints(root, cfg.checkpoint.keep_last, self.run_id, keep)
         self._pending_best = False
         barrier()
         if path is not None:
             self._fire("on_checkpoint", path)
         return path
+
+    def _claim_checkpoint_dir(self) -> None:
+        """Refuse a checkpoint directory that holds another run's checkpoints.
+
+        A fresh run refuses any existing ``step-*``; a resumed run refuses checkpoints whose
+        metadata names another run. ``checkpoint.overwrite=True`` deletes them instead. With
+        ``resume="auto"`` and no valid checkpoint, the invalid ones are left in place (never
+        counted by retention) and the run starts fresh."""
+        cfg = self.config
+        root = cfg.checkpoint_dir
+        if root is None:
+            return
+        existing = ckpt.list_checkpoints(root)
+        if not existing:
+            return
+        if self.resume_info:
+            foreign = [p for p in existing if ckpt.run_id_of(p) not in (None, self.run_id)]
+        elif cfg.checkpoint.resume == "auto" and not cfg.checkpoint.overwrite:
+            if self.is_main:
+                log.warning(
+                    "resume='auto': none of the %d checkpoints in %s is valid; starting a fresh "
+                    "run that leaves them in place",
+                    len(existing),
+                    root,
+                )
+            return
+        else:
+            foreign = existing
+        if not foreign:
+            return
+        if cfg.checkpoint.overwrite:
+            if self.is_main:
+                log.warning(
+                    "checkpoint.overwrite: deleting %d checkpoint(s) of another run in %s",
+                    len(foreign),
+                    root,
+                )
+                for p in foreign:
+                    shutil.rmtree(p, ignore_errors=True)
+            barrier()
+            return
+        owners = sorted({ckpt.run_id_of(p) or "unreadable" for p in foreign})
+        raise CheckpointError(
+            f"the checkpoint directory holds {len(foreign)} checkpoint(s) of another run "
+            f"({', '.join(p.name for p in foreign[-3:])}; run {', '.join(owners)})",
+            where=str(root),
+            fix="continue that run with resume='auto', pass checkpoint.overwrite=True to replace "
+            "it, or use another checkpoint.dir",
+        )
 
     def _resume(self) -> None:
         cfg = self.config
@@ -489,6 +563,7 @@ class Trainer:
         self._es_best, self._es_bad = meta["es_best"], meta["es_bad"]
         self.nonfinite_total = meta["nonfinite_total"]
         self.resume_info = dict(meta) | {"path": str(loaded.path)}
+        self.run_id = meta["run_id"]
         self.last_checkpoint = str(loaded.path)
         if self.is_main:
             log.info(
@@ -527,8 +602,13 @@ class Trainer:
         finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
         scale = float(self.scaler.get_scale()) if self.scaler.is_enabled() else 1.0
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips internally when unscale_ found inf/NaN
-            self.scaler.update()
+            if finite:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                # GradScaler looks at the gradients only: a non-finite loss with finite
+                # gradients would be applied. Skip the step and back off as for an overflow.
+                self.scaler.update(new_scale=scale * self.scaler.get_backoff_factor())
         elif finite:
             self.optimizer.step()
         if finite:
@@ -581,6 +661,17 @@ class Trainer:
             raise DataError("the training set is empty", fix="check the data path and filters")
         if val_set is not None and len(val_set) == 0:  # type: ignore[arg-type]
             raise DataError("the validation set is empty", fix="pass val_set=None or add samples")
+        for key, name in self._monitors():
+            if val_set is None or not cfg.eval_every_n_epochs:
+                raise ConfigError(
+                    f"{key} {name!r} needs evaluation, but "
+                    + (
+                        "no validation set was given"
+                        if val_set is None
+                        else "eval_every_n_epochs=0"
+                    ),
+                    fix="pass a validation set to fit() and evaluate, or unset the monitor",
+                )
         self.steps_per_epoch = math.ceil(self._batches_per_epoch(train_set) / cfg.grad_accum_steps)
         if self.steps_per_epoch == 0:
             raise DataError(
@@ -598,6 +689,9 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         self._setup()
         self._resume()
+        if self.run_id is None:  # a fresh run: one id for every rank
+            self.run_id = broadcast_object(uuid.uuid4().hex)
+        self._claim_checkpoint_dir()
         old_handler = self._install_sigterm()
         start = time.perf_counter()
         samples = 0

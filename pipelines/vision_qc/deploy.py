@@ -39,8 +39,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
 
-from core.artifacts import read_config
-from core.atomic import atomic_dir
+from core.artifacts import read_config, write_model_dir
 from core.errors import ConfigError, DataError, ModelLoadError
 from pipelines.vision_qc.data import Sample
 from pipelines.vision_qc.model import (
@@ -377,10 +376,12 @@ def load_detector_net(model_dir: str | os.PathLike[str]) -> DetectorNet:
     """The exportable graph of a trained (PyTorch) model directory, bank included when present."""
     from safetensors.torch import load_file
 
+    from core.artifacts import verify_model_files
     from core.models import load_model_dir
 
     model_dir = Path(model_dir)
     fcos, cfg = load_model_dir(model_dir)
+    verify_model_files(model_dir, [ANOMALY_BANK_FILE])
     bank_path = model_dir / ANOMALY_BANK_FILE
     bank = load_file(str(bank_path))["bank"] if bank_path.is_file() else None
     return DetectorNet(fcos, int(cfg["input_shape"][-1]), bank).eval()
@@ -483,7 +484,7 @@ def box_agreement(
 def _write_variant(
     out: Path, onnx_file: Path, config: dict[str, Any], step: str, details: dict[str, Any]
 ) -> None:
-    with atomic_dir(out) as tmp:
+    with write_model_dir(out) as tmp:
         shutil.copy2(onnx_file, tmp / "model.onnx")
         cfg = {
             **config,

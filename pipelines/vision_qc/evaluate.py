@@ -347,12 +347,9 @@ def detect_all(
 
 def set_threshold(model_dir: str | Path, threshold: float, rule: str) -> None:
     """Store the operating threshold in a model directory's ``config.json`` (atomically)."""
-    from core.artifacts import read_config
-    from core.atomic import atomic_write_text
+    from core.artifacts import update_model_config
 
-    cfg = read_config(model_dir)
-    cfg.update(threshold=float(threshold), threshold_rule=rule)
-    atomic_write_text(Path(model_dir) / "config.json", json.dumps(cfg, indent=2))
+    update_model_config(model_dir, {"threshold": float(threshold), "threshold_rule": rule})
 
 
 def evaluate(model_dir: str | Path, cfg: EvalConfig, progress: Any = None) -> EvalReport:

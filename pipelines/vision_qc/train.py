@@ -77,7 +77,7 @@ class TrainConfig:
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
         if isinstance(self.trainer, dict):
-            self.trainer = TrainerConfig(**self.trainer)
+            self.trainer = TrainerConfig.from_dict(self.trainer)
         self.model.num_classes = len(self.data.classes)
         self.trainer.seed = self.seed
 

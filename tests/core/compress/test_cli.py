@@ -97,3 +97,42 @@ def test_every_core_registered_model_builds_and_runs():
         model = build_model({"arch": name})
         x = torch.zeros(1, 1, 32, 32)
         assert model.eval()(x).shape == (1, 10)
+
+
+def _copy_with_flipped_byte(src, dst, name: str, where: int) -> None:
+    import shutil
+
+    shutil.copytree(src, dst)
+    f = dst / name
+    data = bytearray(f.read_bytes())
+    data[where] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("where", "label"), [(-5, "data region"), (12, "header")])
+def test_flipped_weight_bytes_are_reported_as_a_corrupt_file(model_dir, tmp_path, where, label):
+    bad = tmp_path / "bad"
+    _copy_with_flipped_byte(model_dir / "fp32", bad, "model.safetensors", where)
+    proc = dv("prune", str(bad), "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2, proc.stderr
+    assert "model.safetensors is corrupt (checksum mismatch)" in proc.stderr, label
+    assert "different models" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_refuses_a_corrupt_onnx_a_zero_batch_and_prune_an_unknown_layer(model_dir, tmp_path):
+    if not (model_dir / "onnx").exists():
+        assert (
+            dv("export", str(model_dir / "fp32"), "--out", str(model_dir / "onnx")).returncode == 0
+        )
+    bad = tmp_path / "bad_onnx"
+    _copy_with_flipped_byte(model_dir / "onnx", bad, "model.onnx", 100)
+    proc = dv("bench", str(bad), "--batch", "1")
+    assert proc.returncode == 2 and "model.onnx is corrupt" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+    proc = dv("bench", str(model_dir / "onnx"), "--batch", "0")
+    assert proc.returncode == 2 and "batch sizes must be >= 1" in proc.stderr
+    proc = dv(
+        "prune", str(model_dir / "fp32"), "--out", str(tmp_path / "p"), "--exclude", "no.such.layer"
+    )
+    assert proc.returncode == 2 and "exclude names no module of the model" in proc.stderr
+    assert not (tmp_path / "p").exists()

@@ -396,3 +396,157 @@ def test_bn_sparsity_training_shrinks_bn_scales_and_bn_scale_pruning_uses_them()
     assert gamma_l1(sparse) < 0.7 * gamma_l1(plain)
     report = prune(sparse, torch.zeros(1, 1, 8, 8), PruneConfig(ratio=0.5, importance="bn_scale"))
     assert report.params_after < report.params_before
+
+
+class SharedLinear(nn.Module):
+    """One linear applied to two branches: its input columns must fit both call sites."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(16, 32), nn.Linear(16, 32)
+        self.shared, self.out = nn.Linear(32, 32), nn.Linear(64, 4)
+
+    def forward(self, x):
+        p = F.relu(self.shared(F.relu(self.a(x))))
+        q = F.relu(self.shared(F.relu(self.b(x))))
+        return self.out(torch.cat([p, q], 1))
+
+
+class SharedNorm(nn.Module):
+    """One batch norm applied to the outputs of two convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 32, 3), nn.Conv2d(3, 32, 3)
+        self.bn, self.out = nn.BatchNorm2d(32), nn.Conv2d(64, 2, 1)
+
+    def forward(self, x):
+        return self.out(torch.cat([self.bn(self.a(x)), F.relu(self.bn(self.b(x)))], 1))
+
+
+@pytest.mark.parametrize(
+    ("model_cls", "shape"), [(SharedLinear, (4, 16)), (SharedNorm, (2, 3, 9, 9))]
+)
+def test_module_called_at_two_places_is_sliced_for_both(model_cls, shape):
+    torch.manual_seed(0)
+    m = bn_eval(model_cls())
+    check_equivalent_after_pruning(m, torch.randn(*shape))
+    # the two producers feeding the shared module are pruned alike, and still pruned
+    assert m.a.weight.shape[0] == m.b.weight.shape[0] == 16
+
+
+def test_module_called_on_different_layouts_is_frozen_with_its_reason():
+    class Mixed(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 16, 1), nn.Conv2d(3, 16, 1)
+            self.c = nn.Conv2d(3, 32, 1)
+            self.shared, self.out = nn.Conv2d(32, 32, 1), nn.Conv2d(64, 2, 1)
+
+        def forward(self, x):
+            y = self.shared(torch.cat([self.a(x), self.b(x)], 1))  # two groups of 16
+            z = self.shared(self.c(x))  # one group of 32
+            return self.out(torch.cat([y, z], 1))
+
+    torch.manual_seed(0)
+    m = Mixed().eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = m(x)
+    report = prune(m, x, PruneConfig(ratio=0.5))
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), before)
+    assert m.shared.in_channels == 32 and m.shared.out_channels == 32
+    assert "called on inputs with different channel layouts" in report.frozen["shared"]
+
+
+class Softmaxed(nn.Module):
+    def __init__(self, how: str, dim: int) -> None:
+        super().__init__()
+        self.how, self.dim = how, dim
+        self.trunk = nn.Conv2d(3, 32, 1)  # prunable, so the check sees a smaller model
+        self.conv, self.sm = nn.Conv2d(32, 32, 3), nn.Softmax(dim=dim)
+        self.lsm = nn.LogSoftmax(dim=dim)
+        self.out = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(F.relu(self.trunk(x)))
+        if self.how == "module":
+            y = self.sm(y)
+        elif self.how == "log_module":
+            y = self.lsm(y)
+        elif self.how == "function":
+            y = F.softmax(y, dim=self.dim)
+        else:
+            y = y.log_softmax(self.dim)
+        return self.out(y)
+
+
+@pytest.mark.parametrize("how", ["module", "log_module", "function", "method"])
+def test_softmax_over_channels_is_a_boundary(how):
+    torch.manual_seed(0)
+    m = Softmaxed(how, dim=1)
+    report = check_equivalent_after_pruning(m, torch.randn(2, 3, 8, 8))
+    assert m.conv.out_channels == 32
+    assert "softmax over channels" in report.frozen["conv"]
+
+
+def test_softmax_over_space_still_prunes():
+    torch.manual_seed(0)
+    m = Softmaxed("function", dim=-1)
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 8, 8))
+    assert m.conv.out_channels == 16
+
+
+def test_layer_norm_over_channels_is_a_boundary():
+    torch.manual_seed(0)
+    m = nn.Sequential(
+        nn.Linear(8, 32), nn.ReLU(), nn.LayerNorm(32), nn.Linear(32, 32), nn.Linear(32, 4)
+    )
+    with torch.no_grad():  # non-trivial affine parameters
+        m[2].weight.uniform_(0.5, 1.5)
+        m[2].bias.uniform_(-0.5, 0.5)
+    report = check_equivalent_after_pruning(m, torch.randn(4, 8))
+    assert m[0].out_features == 32 and "layer norm over channels" in report.frozen["0"]
+    assert m[3].out_features == 16  # the group after the norm is pruned
+
+
+class Split(nn.Module):
+    """CSP-style: split a feature map in two along channels, transform one half, rejoin."""
+
+    def __init__(self, aligned: bool) -> None:
+        super().__init__()
+        self.aligned = aligned
+        self.a, self.b = nn.Conv2d(3, 32, 1), nn.Conv2d(3, 32, 1)
+        self.one = nn.Conv2d(3, 64, 1)
+        self.c, self.out = nn.Conv2d(32, 32, 1), nn.Conv2d(64, 2, 1)
+
+    def forward(self, x):
+        y = torch.cat([self.a(x), self.b(x)], 1) if self.aligned else self.one(x)
+        p, q = y.chunk(2, dim=1) if self.aligned else torch.split(y, 32, dim=1)
+        return self.out(torch.cat([F.relu(self.c(p)), q], 1))
+
+
+def test_split_along_channel_groups_gives_each_piece_its_layout():
+    torch.manual_seed(0)
+    m = Split(aligned=True)
+    check_equivalent_after_pruning(m, torch.randn(2, 3, 6, 6))
+    assert m.a.out_channels == m.b.out_channels == m.c.in_channels == 16
+
+
+def test_split_through_one_group_freezes_it_and_reports_every_layer():
+    torch.manual_seed(0)
+    m = Split(aligned=False)
+    report = check_equivalent_after_pruning(m, torch.randn(2, 3, 6, 6))
+    assert m.one.out_channels == 64 and "cuts a channel group" in report.frozen["one"]
+    assert m.c.in_channels == 32 and m.c.out_channels == 16  # its own outputs still prune
+
+
+def test_exclude_naming_no_module_is_an_error_with_a_suggestion():
+    from core.errors import ConfigError
+
+    m = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 2, 1))
+    with pytest.raises(ConfigError, match=r"exclude names no module of the model: no\.such\.layer"):
+        prune(m, torch.randn(1, 3, 8, 8), PruneConfig(exclude=("no.such.layer",)))
+    with pytest.raises(ConfigError, match=r"e\.g\. 2"):
+        prune(m, torch.randn(1, 3, 8, 8), PruneConfig(exclude=("2.",)))
