@@ -43,6 +43,9 @@ def train(
     checkpoint_dir: Annotated[Path | None, typer.Option(help="where checkpoints go")] = None,
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N optimizer steps")] = 0,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint directory")] = None,
+    overwrite_checkpoints: Annotated[
+        bool, typer.Option(help="delete another run's checkpoints in --checkpoint-dir")
+    ] = False,
     nproc: Annotated[
         int, typer.Option(help="local processes (DDP); >1 relaunches under torchrun")
     ] = 1,
@@ -90,6 +93,7 @@ def train(
         "dir": str(checkpoint_dir) if checkpoint_dir else tcfg["checkpoint"].get("dir"),
         "every_n_steps": checkpoint_every or tcfg["checkpoint"].get("every_n_steps", 0),
         "resume": resume,
+        "overwrite": overwrite_checkpoints or tcfg["checkpoint"].get("overwrite", False),
     }
     tcfg["distributed"] = tcfg["distributed"] | {"comm_hook": comm_hook}
     cfg = DigitsConfig(

@@ -238,7 +238,9 @@ def build_graph(
 
     def piece(node: fx.Node, i: int) -> fx.Node:
         """A stand-in node for item ``i`` of a tuple-valued node (not inserted in the graph)."""
-        return fx.Node(gm.graph, f"{node.name}_{i}", "call_function", operator.getitem, (), {})
+        item = fx.Node(gm.graph, f"{node.name}_{i}", "call_function", operator.getitem, (), {})
+        item.meta["tensor_meta"] = node.meta["tensor_meta"][i]
+        return item
 
     def passthrough(node: fx.Node, src: fx.Node) -> None:
         lay[node], cdim[node], factor[node] = lay[src], cdim[src], factor.get(src, 1)
@@ -356,7 +358,6 @@ def build_graph(
             parts = [None] * len(metas)
         for i, m in enumerate(metas):
             item = piece(node, i)
-            item.meta["tensor_meta"] = m
             if parts[i] is not None:
                 lay[item], cdim[item], factor[item] = parts[i][0], parts[i][1], factor.get(src, 1)
             elif hasattr(m, "shape") and len(m.shape) >= 2:

@@ -159,7 +159,9 @@ def quantize_to_target(
                 if best is None or m > best[0]:
                     best = (m, cfg, path)
         assert best is not None
-        sens = layer_sensitivity(pre, calibration, evaluate, best[1])
+        sens = (
+            layer_sensitivity(pre, calibration, evaluate, best[1]) if max_float_layers != 0 else []
+        )
         limit = len(sens) if max_float_layers is None else min(max_float_layers, len(sens))
         for k in range(1, limit + 1):
             cfg = mixed_precision(best[1], sens, k)

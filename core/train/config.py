@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,8 @@ class CheckpointConfig:
     overwrite: bool = False  # a fresh run may delete the checkpoints another run left in dir
 
     def __post_init__(self) -> None:
+        if isinstance(self.dir, os.PathLike):  # a pathlib.Path from Python callers
+            self.dir = os.fspath(self.dir)
         check_types(self)
         _check(self.keep_last >= 1, "checkpoint.keep_last must be >= 1", "keep at least one")
         _check(self.every_n_steps >= 0, "checkpoint.every_n_steps must be >= 0", "0 disables it")

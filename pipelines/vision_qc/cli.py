@@ -127,6 +127,9 @@ def train(
     ] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="checkpoints here")] = None,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint directory")] = None,
+    overwrite_checkpoints: Annotated[
+        bool, typer.Option(help="delete another run's checkpoints in --checkpoint-dir")
+    ] = False,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Train the detector (FCOS + timm FPN) and write a model directory."""
@@ -148,6 +151,7 @@ def train(
         cfg.trainer.checkpoint.dir = str(checkpoint_dir)
     if resume is not None:
         cfg.trainer.checkpoint.resume = resume
+    cfg.trainer.checkpoint.overwrite = overwrite_checkpoints
     t0 = time.perf_counter()
     result, model_dir = run(cfg)
     typer.echo(

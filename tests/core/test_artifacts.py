@@ -37,7 +37,7 @@ def test_every_file_is_listed_in_the_checksums(saved):
 def test_a_changed_config_value_is_a_corrupt_file(saved):
     text = (saved / "config.json").read_text().replace("0.1", "0.2")
     (saved / "config.json").write_text(text)
-    with pytest.raises(ModelLoadError, match="config.json is corrupt"):
+    with pytest.raises(ModelLoadError, match=r"config\.json is corrupt"):
         read_config(saved)
 
 
@@ -45,7 +45,7 @@ def test_a_weights_file_not_covered_by_the_checksums_is_refused(saved):
     listed = json.loads((saved / MANIFEST).read_text())
     del listed["sha256"]["model.safetensors"]
     (saved / MANIFEST).write_text(json.dumps(listed))
-    with pytest.raises(ModelLoadError, match="not covered by checksums.json"):
+    with pytest.raises(ModelLoadError, match=r"not covered by checksums\.json"):
         read_model_dir(saved)
 
 
@@ -69,6 +69,6 @@ def test_updating_a_corrupt_directory_does_not_bless_the_corruption(saved):
     data = bytearray((saved / "model.safetensors").read_bytes())
     data[-2] ^= 0xFF
     (saved / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(ModelLoadError, match="model.safetensors is corrupt"):
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is corrupt"):
         update_model_config(saved, {"threshold": 0.7})
     assert "threshold" not in json.loads((saved / "config.json").read_text())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx
 import pytest
 
 from core.compress.export import export_onnx
-from core.compress.quantize import Int8StaticConfig
+from core.compress.quantize import Int8StaticConfig, quantize
 from core.compress.report import ort_session
 from core.compress.sensitivity import (
     AccuracyTargetError,
@@ -104,3 +106,65 @@ def test_unreachable_target_is_a_clear_error(setup, tmp_path):
             max_float_layers=1,
         )
     assert not (tmp_path / "q.onnx").exists()
+
+
+def _activation_scales(path) -> dict[str, float]:
+    """Scale of every activation QuantizeLinear (the ranges calibration chose)."""
+    from onnx import numpy_helper
+
+    g = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    return {
+        n.input[0]: float(inits[n.input[1]])
+        for n in g.node
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1
+    }
+
+
+def test_entropy_calibration_clips_ranges_that_minmax_keeps(setup, tmp_path):
+    path, calib, _ = setup
+    q = {}
+    for method in ("minmax", "entropy"):
+        q[method] = quantize(
+            path,
+            Int8StaticConfig(calibration=method),
+            out=tmp_path / f"{method}.onnx",
+            calibration=calib,
+        ).path
+    assert q["minmax"].read_bytes() != q["entropy"].read_bytes()
+    mm, en = _activation_scales(q["minmax"]), _activation_scales(q["entropy"])
+    assert mm.keys() == en.keys() and mm
+    clipped = [k for k in mm if en[k] < mm[k] * 0.999]
+    assert clipped, "entropy chose the full range everywhere, i.e. it is minmax"
+    assert all(en[k] <= mm[k] * 1.001 for k in mm)  # never wider than the observed range
+
+
+def test_search_evaluates_byte_identical_models_once(setup, tmp_path, monkeypatch):
+    import core.compress.sensitivity as sens_mod
+
+    path, calib, accuracy = setup
+    evaluated: list[str] = []
+
+    def counting(p) -> float:
+        evaluated.append(p.name)
+        return accuracy(p) - (0.0 if p.name == "pre.onnx" else 1.0)  # nothing meets the target
+
+    real = sens_mod.quantize
+
+    def same_for_mse_and_minmax(model, cfg, **kw):  # two configs that give the same bytes
+        if cfg.calibration == "mse":
+            cfg = dataclasses.replace(cfg, calibration="minmax")
+        return real(model, cfg, **kw)
+
+    monkeypatch.setattr(sens_mod, "quantize", same_for_mse_and_minmax)
+    with pytest.raises(AccuracyTargetError):
+        quantize_to_target(
+            path,
+            calib,
+            counting,
+            out=tmp_path / "q.onnx",
+            max_relative_drop=0.01,
+            max_float_layers=0,
+        )
+    # 8 calibration trials plus the baseline; the two mse trials reuse the minmax metric
+    assert len(evaluated) == 1 + 8 - 2

@@ -133,7 +133,7 @@ def test_an_edited_metadata_field_is_refused(tmp_path):
     text = (path / "meta.json").read_text()
     assert '"batch_in_epoch": 2' in text
     (path / "meta.json").write_text(text.replace('"batch_in_epoch": 2', '"batch_in_epoch": 3'))
-    with pytest.raises(CheckpointError, match="meta.json is corrupt"):
+    with pytest.raises(CheckpointError, match=r"meta\.json is corrupt"):
         ckpt.load_checkpoint(path)
 
 
@@ -250,4 +250,4 @@ def test_fused_is_refused_where_the_parameters_cannot_take_it():
     with pytest.raises(ConfigError, match="impl='fused' needs"):
         build_optimizer(params, OptimizerConfig(impl="fused"))
     opt = build_optimizer(params, OptimizerConfig(impl="auto"))
-    assert opt.defaults["foreach"] is True and not opt.defaults.get("fused")
+    assert not opt.defaults.get("fused")  # PyTorch's own choice where fused cannot run
