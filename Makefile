@@ -27,7 +27,7 @@ lint: $(STAMP)
 # Every CPU test, slow and multi-process ones included. pytest exits 5 when it collects no
 # test, which fails this target (and so CI) like any other failure.
 test: lint
-	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900
+	$(PY) -m pytest -n 2 --dist loadgroup --timeout 900 --durations=15
 
 # The quick loop while editing.
 test-quick: $(STAMP)

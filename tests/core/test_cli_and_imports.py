@@ -38,6 +38,7 @@ def test_dv_train_digits_writes_a_model_directory(tmp_path):
     report = json.loads(proc.stdout)
     assert report["test"]["test/accuracy"] > 0.9
     assert sorted(p.name for p in out.iterdir()) == [
+        "checksums.json",
         "config.json",
         "metrics.json",
         "model.safetensors",

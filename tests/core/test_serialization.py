@@ -81,6 +81,9 @@ def test_model_dir_round_trip_and_errors_name_the_missing_file(tmp_path):
     cfg, state = read_model_dir(tmp_path / "m")
     assert cfg == {"arch": "linear"} and torch.equal(state["weight"], model.weight)
     (tmp_path / "m" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is corrupt \(checksum"):
+        read_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "checksums.json").unlink()  # a directory from before checksums
     with pytest.raises(ModelLoadError, match="weights cannot be read"):
         read_model_dir(tmp_path / "m")
     (tmp_path / "m" / "config.json").unlink()

@@ -191,7 +191,7 @@ def test_missing_or_corrupt_model_never_becomes_ready(model_dirs, tmp_path, dama
         r = httpx.get(f"{srv.url}/v1/health/ready")
         assert r.status_code == 503 and r.json()["status"] == "failed"
         assert (
-            "lacks config.json" if damage == "missing" else "model.onnx cannot be loaded"
+            "lacks config.json" if damage == "missing" else "model.onnx is corrupt"
         ) in r.json()["reason"]
     assert "model failed to load" in caplog.text
 
