@@ -8,14 +8,27 @@ data-set hash, config, git commit, and ``status=complete`` once every file is lo
 :meth:`ModelRegistry.promote_if_better` moves ``production`` to a new version only if it beats
 the current one *on the same held-out set* by ``margin``; otherwise the version stays
 ``candidate`` with the reason recorded on it. A version that is not complete (a failed or
-partial run) is never promoted.
+partial run) is never promoted; a candidate whose evaluation fails is rejected with the
+error recorded; a production version that can no longer be evaluated (corrupt, deleted)
+never blocks a good candidate: it is replaced, and the reason says why.
+
+Registration is safe when several processes register at once (the first version of a new
+name included): creating the registered model is idempotent and the writes SQLite may
+refuse under contention (a locked database, a version number taken a moment earlier) are
+retried. A model directory is verified before it is registered: every file against its
+``checksums.json``, or, for a directory without one, its weights must load; a corrupt one is
+refused, so ``status=complete`` means the files are whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import random
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +37,9 @@ from core.errors import DVError, ModelLoadError
 from core.paths import default_artifact_location, default_tracking_uri
 
 CANDIDATE, PRODUCTION = "candidate", "production"
+log = logging.getLogger(__name__)
+# what SQLite-backed MLflow raises when two writers collide; the write did not happen
+_TRANSIENT = ("database is locked", "unique constraint", "integrityerror", "operationalerror")
 
 
 class RegistryError(DVError):
@@ -65,6 +81,81 @@ def git_commit(cwd: str | Path | None = None) -> str:
         return "unknown"
 
 
+def _retry(fn: Callable[[], Any], what: str, attempts: int = 10) -> Any:
+    """Run an MLflow write, retrying the errors of a concurrent writer with jittered backoff."""
+    from mlflow.exceptions import MlflowException
+
+    delay = 0.05
+    for i in range(attempts):
+        try:
+            return fn()
+        except MlflowException as exc:
+            if i == attempts - 1 or not any(t in str(exc).lower() for t in _TRANSIENT):
+                raise
+            log.debug("%s collided with another writer (%s); retrying", what, exc)
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive lock beside a local ``sqlite:///`` store (a no-op for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _already_exists(exc: Exception) -> bool:
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(exc, "error_code", "")) or (
+        "already exists" in str(exc).lower() or "unique constraint" in str(exc).lower()
+    )
+
+
+def verify_model_dir(model_dir: Path) -> None:
+    """Refuse a corrupt model directory: files against ``checksums.json``, else the weights
+    must load. Raises RegistryError naming the file."""
+    from core.artifacts import MANIFEST, verify_model_files
+
+    files = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+    try:
+        if (model_dir / MANIFEST).is_file():
+            verify_model_files(model_dir, [f for f in files if f != MANIFEST])
+            return
+        if (model_dir / "model.onnx").is_file():
+            import onnx
+
+            onnx.load(str(model_dir / "model.onnx"), load_external_data=False)
+        if (model_dir / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                    f.get_tensor(key)
+    except ModelLoadError as exc:
+        raise RegistryError(
+            f"model directory is corrupt: {exc.what}",
+            where=exc.where or str(model_dir),
+            fix="re-run the step that wrote it; nothing was registered",
+        ) from exc
+    except Exception as exc:  # onnx / safetensors raise their own types for bad bytes
+        raise RegistryError(
+            f"model directory is corrupt: its weights cannot be loaded ({str(exc)[:200]})",
+            where=str(model_dir),
+            fix="re-run the step that wrote it; nothing was registered",
+        ) from exc
+
+
 class ModelRegistry:
     def __init__(
         self, tracking_uri: str | None = None, experiment: str = "deepverticals-registry"
@@ -72,12 +163,26 @@ class ModelRegistry:
         from mlflow.tracking import MlflowClient
 
         self.uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
-        exp = self.client.get_experiment_by_name(experiment)
+        # the first use of a new SQLite store creates its schema: two processes doing that at
+        # once break MLflow's migration, so the first touch is serialised by a file lock
+        with _sqlite_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+            self.experiment_id = _retry(lambda: self._experiment(experiment), "create experiment")
+            self.client.search_registered_models(max_results=1)  # the registry store, too
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
         location = default_artifact_location() if self.uri.startswith("sqlite") else None
-        self.experiment_id = (
-            exp.experiment_id if exp else self.client.create_experiment(experiment, location)
-        )
+        try:
+            return self.client.create_experiment(name, location)
+        except MlflowException as exc:  # another process created it a moment ago
+            if not _already_exists(exc):
+                raise
+            return self.client.get_experiment_by_name(name).experiment_id
 
     # ------------------------------------------------------------------ writing
     def register(
@@ -89,7 +194,6 @@ class ModelRegistry:
         lineage: dict[str, Any] | None = None,
     ) -> ModelVersion:
         """Log ``model_dir`` and register it as a new version of ``name`` with alias ``candidate``."""
-        from mlflow.exceptions import MlflowException
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -104,6 +208,7 @@ class ModelRegistry:
                 where=str(model_dir),
                 fix="re-run the step that writes the model",
             )
+        verify_model_dir(model_dir)
         metrics = dict(metrics or {})
         if not metrics and (model_dir / "metrics.json").is_file():
             metrics = {
@@ -126,16 +231,34 @@ class ModelRegistry:
             self.client.set_terminated(rid, "FAILED")
             raise
         self.client.set_terminated(rid, "FINISHED")
+        _retry(lambda: self._ensure_model(name), "create registered model")
+        source = f"{self.client.get_run(rid).info.artifact_uri}/model"
+        mv = _retry(
+            lambda: self.client.create_model_version(
+                name, source, run_id=rid, tags={**tags, "status": "complete"}
+            ),
+            "create model version",
+        )
+        _retry(
+            lambda: self.client.set_registered_model_alias(name, CANDIDATE, mv.version),
+            "set alias",
+        )
+        return self.get(name, version=mv.version)
+
+    def _ensure_model(self, name: str) -> None:
+        """Create registered model ``name`` unless it exists (idempotent across processes)."""
+        from mlflow.exceptions import MlflowException
+
         try:
             self.client.get_registered_model(name)
+            return
         except MlflowException:
+            pass
+        try:
             self.client.create_registered_model(name)
-        source = f"{self.client.get_run(rid).info.artifact_uri}/model"
-        mv = self.client.create_model_version(
-            name, source, run_id=rid, tags={**tags, "status": "complete"}
-        )
-        self.client.set_registered_model_alias(name, CANDIDATE, mv.version)
-        return self.get(name, version=mv.version)
+        except MlflowException as exc:
+            if not _already_exists(exc):
+                raise
 
     # ------------------------------------------------------------------ reading
     def get(
@@ -201,15 +324,26 @@ class ModelRegistry:
             )
         try:
             c = float(evaluate(cand.path))
-        except (DVError, ModelLoadError) as exc:
+        except Exception as exc:  # ONNX Runtime, corrupt files, bugs: the reason is recorded
             return self._decide(
-                name, cand, previous, False, f"candidate could not be evaluated: {exc}"
+                name, cand, previous, False, f"candidate could not be evaluated: {_why(exc)}"
             )
         if prod is None:
             return self._decide(name, cand, None, True, "no production version yet", c)
         if prod.version == cand.version:
             return self._decide(name, cand, previous, False, "already production", c)
-        p = float(evaluate(prod.path))
+        try:
+            p = float(evaluate(prod.path))
+        except Exception as exc:  # a broken production never blocks a good candidate
+            return self._decide(
+                name,
+                cand,
+                previous,
+                True,
+                f"production v{prod.version} could not be evaluated ({_why(exc)}); "
+                "the candidate replaces it",
+                c,
+            )
         gain = (c - p) if higher_is_better else (p - c)
         if gain > margin:
             return self._decide(
@@ -249,6 +383,11 @@ class ModelRegistry:
         if promote:
             self.client.set_registered_model_alias(name, PRODUCTION, cand.version)
         return Promotion(promote, reason, cand.version, previous, c, p)
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, DVError) else f"{type(exc).__name__}: {exc}"
+    return text[:500]
 
 
 class RegistryWatcher:

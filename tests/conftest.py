@@ -15,6 +15,8 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("MPLBACKEND", "Agg")
 import torch  # noqa: E402
 
+import flows  # noqa: E402, F401  (Prefect defaults: start-up timeout, no telemetry, progress logs)
+
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     # Triton kernels run in the interpreter on CPU tensors; it must be chosen before

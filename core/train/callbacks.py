@@ -56,8 +56,11 @@ class ProgressCallback(Callback):
         self._progress: Any = None
         self._task: Any = None
         self._last_log = 0.0
+        self._t0 = 0.0
+        self._step0 = 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self._t0, self._step0 = time.perf_counter(), trainer.global_step
         if not trainer.is_main or self.mode != "rich":
             return
         from rich.progress import (
@@ -87,16 +90,27 @@ class ProgressCallback(Callback):
     def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
         if not trainer.is_main:
             return
+        rate = logs.get("samples_per_s", 0.0)
         stats = (
             f"loss {logs['loss']:.4f}  lr {logs['lr']:.2e}  "
-            f"{logs.get('samples_per_s', 0.0):.0f} samples/s"
+            f"{rate:.{0 if rate >= 10 else 2}f} samples/s"
         )
         if self._progress is not None:
             self._progress.update(self._task, completed=step, stats=stats)
         elif self.mode == "plain" and (
             step % trainer.config.log_every_n_steps == 0 or step == trainer.total_steps
         ):
-            log.info("step %d/%d  %s", step, trainer.total_steps, stats)
+            elapsed = time.perf_counter() - self._t0
+            done = step - self._step0
+            eta = elapsed / done * (trainer.total_steps - step) if done > 0 else 0.0
+            log.info(
+                "step %d/%d  %s  elapsed %s  ETA %s",
+                step,
+                trainer.total_steps,
+                stats,
+                _clock(elapsed),
+                _clock(eta),
+            )
 
     def on_eval_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if trainer.is_main and self.mode != "off":
@@ -116,6 +130,13 @@ class ProgressCallback(Callback):
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         self._stop()
+
+
+def _clock(seconds: float) -> str:
+    """``1:05`` for 65 s, ``1:02:05`` past an hour."""
+    m, sec = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
 
 
 class MLflowCallback(Callback):

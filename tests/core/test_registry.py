@@ -21,12 +21,12 @@ def registry(tmp_path_factory):
 
 def model_dir(path, score: float):
     """A model directory whose 'quality' is a number the evaluation reads back."""
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps({"arch": "digits_cnn", "score": score}))
-    (path / "model.safetensors").write_bytes(b"weights")
-    (path / "metrics.json").write_text(json.dumps({"val/accuracy": score}))
-    (path / "model_card.md").write_text("# card\n")
-    return path
+    from torch import nn
+
+    from core.artifacts import save_model_dir
+
+    config = {"arch": "digits_cnn", "score": score}
+    return save_model_dir(path, nn.Linear(2, 2), config, {"val/accuracy": score}, "# card\n")
 
 
 def held_out(path) -> float:
@@ -44,6 +44,7 @@ def test_register_records_artifacts_lineage_and_candidate_alias(registry, tmp_pa
     assert len(mv.tags["git_commit"]) >= 7 and mv.tags["status"] == "complete"
     assert mv.metrics == {"val_accuracy": 0.9}
     assert sorted(p.name for p in mv.path.iterdir()) == [
+        "checksums.json",
         "config.json",
         "metrics.json",
         "model.safetensors",
@@ -100,3 +101,87 @@ def test_watcher_reports_a_moved_alias_once(registry, tmp_path):
     v2 = registry.register("m-watch", model_dir(tmp_path / "v2", 0.9))
     registry.promote_if_better("m-watch", v2.version, held_out)
     assert w.check()() == ("m-watch", "2") and w.check() is None
+
+
+def _flip(f, where: int = -3) -> None:
+    data = bytearray(f.read_bytes())
+    data[where] ^= 0xFF
+    f.write_bytes(bytes(data))
+
+
+def test_a_corrupt_model_file_is_never_registered(registry, tmp_path):
+    d = model_dir(tmp_path / "c", 0.9)
+    _flip(d / "model.safetensors")
+    with pytest.raises(RegistryError, match=r"corrupt: model\.safetensors is corrupt"):
+        registry.register("m-corrupt", d)
+    # a directory from before checksums: the weights must load
+    legacy = tmp_path / "legacy"
+    shutil.copytree(d, legacy)
+    (legacy / "checksums.json").unlink()
+    (legacy / "model.safetensors").write_bytes(b"\x08\x01garbage")
+    with pytest.raises(RegistryError, match="weights cannot be loaded"):
+        registry.register("m-corrupt", legacy)
+    assert registry.find("m-corrupt", "candidate") is None
+
+
+def test_a_failing_candidate_evaluation_is_recorded_not_raised(registry, tmp_path):
+    v1 = registry.register("m-evalfail", model_dir(tmp_path / "v1", 0.5))
+
+    def ort_fails(path):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH")
+
+    res = registry.promote_if_better("m-evalfail", v1.version, ort_fails)
+    assert not res.promoted and "RuntimeError: [ONNXRuntimeError]" in res.reason
+    assert registry.get("m-evalfail", version="1").tags["promotion_reason"] == res.reason
+
+
+def test_a_broken_production_never_blocks_a_good_candidate(registry, tmp_path):
+    v1 = registry.register("m-broken", model_dir(tmp_path / "v1", 0.9))
+    assert registry.promote_if_better("m-broken", v1.version, held_out).promoted
+    (v1.path / "config.json").write_text("{not json")  # production rots in the store
+    v2 = registry.register("m-broken", model_dir(tmp_path / "v2", 0.8))
+    res = registry.promote_if_better("m-broken", v2.version, held_out)
+    assert res.promoted and "production v1 could not be evaluated" in res.reason
+    assert registry.get("m-broken", alias=PRODUCTION).version == "2"
+
+
+def _register_at(args) -> str:
+    root, name, src, start = args
+    import os
+    import time
+
+    os.environ["DV_DATA_ROOT"] = root
+    from core.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    time.sleep(max(0.0, start - time.time()))  # both processes write at the same moment
+    return reg.register(name, src).version
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_two_processes_registering_a_new_name_at_once_lose_nothing(tmp_path):
+    import multiprocessing as mp
+    import time
+
+    root = tmp_path / "store"
+    srcs = [model_dir(tmp_path / f"src{i}", 0.5 + i / 10) for i in range(2)]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        pool.map(_register_at, [(str(root), "warm-up", str(srcs[0]), 0.0)] * 2)  # imports
+        for trial in range(6):
+            name = f"race-{trial}"
+            start = time.time() + 0.5
+            versions = pool.map(_register_at, [(str(root), name, str(s), start) for s in srcs])
+            assert sorted(versions) == ["1", "2"], f"trial {trial}: {versions}"
+    mp_ = pytest.MonkeyPatch()
+    mp_.setenv("DV_DATA_ROOT", str(root))
+    try:
+        reg = ModelRegistry()
+        for trial in range(6):
+            vs = reg.client.search_model_versions(f"name='race-{trial}'")
+            assert sorted(str(v.version) for v in vs) == ["1", "2"]
+            assert all(v.tags.get("status") == "complete" for v in vs)
+            assert reg.get(f"race-{trial}", alias="candidate").version in ("1", "2")
+    finally:
+        mp_.undo()
