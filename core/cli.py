@@ -30,6 +30,9 @@ def _main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     setup_logging(verbose)
+    # the CLI sits on top: it registers the reference architectures, so model directories
+    # written before config.json named an arch_module still load
+    import core.reference.digits  # noqa: F401
 
 
 @app.command()

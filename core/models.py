@@ -1,7 +1,10 @@
 """Model registry: architectures register by name; model directories rebuild from config.json.
 
-``config.json`` of a model directory holds ``arch`` (a registered name), ``arch_kwargs`` and
-``input_shape`` (one sample, without the batch dim). A pruned model keeps its base ``arch``:
+``config.json`` of a model directory holds ``arch`` (a registered name), ``arch_module`` (the
+module whose import registers it; :func:`arch_module` gives it to writers), ``arch_kwargs``
+and ``input_shape`` (one sample, without the batch dim). :func:`build_model` imports
+``arch_module`` when ``arch`` is not registered yet, so this module never imports the
+modules that register architectures (they import it: dependencies point down). A pruned model keeps its base ``arch``:
 :func:`load_model_dir` builds the base network, then shrinks every conv/linear/norm to the
 shapes stored in ``model.safetensors`` before loading them, so pruned directories need no
 code of their own. Pipelines register their architectures with :func:`register_model`.
@@ -35,23 +38,39 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 
 def registered_models() -> list[str]:
-    _import_builtin()
+    """Names registered so far (by the modules imported until now)."""
     return sorted(_REGISTRY)
 
 
-def _import_builtin() -> None:
-    import core.reference.digits  # noqa: F401  (registers digits_cnn, resnet18_digits)
+def arch_module(name: str) -> str:
+    """The module that registers architecture ``name`` (for ``config.json``'s ``arch_module``)."""
+    if name not in _REGISTRY:
+        raise ModelLoadError(f"unknown architecture {name!r}", fix="register it first")
+    return _REGISTRY[name].__module__
 
 
 def build_model(config: dict[str, Any]) -> nn.Module:
-    """The registered architecture ``config["arch"]`` built with ``config["arch_kwargs"]``."""
-    _import_builtin()
+    """The registered architecture ``config["arch"]`` built with ``config["arch_kwargs"]``;
+    ``config["arch_module"]`` is imported first when the name is not registered yet."""
     arch = config.get("arch")
+    module = config.get("arch_module")
+    if arch not in _REGISTRY and isinstance(module, str):
+        import importlib
+
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ModelLoadError(
+                f"arch_module {module!r} cannot be imported ({exc})",
+                where="config.json",
+                fix="install the package that provides it",
+            ) from exc
     if arch not in _REGISTRY:
         raise ModelLoadError(
             f"unknown architecture {arch!r}",
             where="config.json",
-            fix=f"use one of {sorted(_REGISTRY)} or register it with @register_model",
+            fix=f"use one of {sorted(_REGISTRY)}, import the module that registers it, or "
+            "re-export the directory (config.json then names its arch_module)",
         )
     return _REGISTRY[arch](**config.get("arch_kwargs", {}))
 

@@ -22,45 +22,23 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.kernels._triton import wants_triton
+from core.kernels.int8_ref import (  # the references, re-exported: the public API keeps them
+    quantize_per_channel,
+    quantize_per_token,
+    w8a8_matmul_reference,
+    weight_only_matmul_reference,
+)
 
-
-# ---------------------------------------------------------------- references
-def quantize_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(N, K)`` float weights -> int8 ``(N, K)`` and fp32 scales ``(N,)`` (symmetric)."""
-    w = w.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q, scale
-
-
-def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(M, K)`` activations -> int8 ``(M, K)`` and fp32 per-row scales ``(M,)``."""
-    x = x.float()
-    scale = x.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    return torch.round(x / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
-
-
-def weight_only_matmul_reference(
-    x: torch.Tensor, wq: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """``x (M, K) @ dequant(wq) (N, K)^T (+ bias)``, accumulated in fp32, returned in x's dtype."""
-    y = (x.float() @ wq.float().t()) * scale
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
-
-
-def w8a8_matmul_reference(
-    x: torch.Tensor, wq: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """Per-token INT8 activations times INT8 weights, int32-exact accumulation."""
-    xq, xs = quantize_per_token(x)
-    # int8 products summed in float64 are exact for K < 2**37 / 127**2, like int32 accumulation
-    acc = xq.double() @ wq.double().t()
-    y = acc.float() * xs[:, None] * scale[None, :]
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+__all__ = [
+    "Int8Linear",
+    "quantize_linears",
+    "quantize_per_channel",
+    "quantize_per_token",
+    "w8a8_matmul",
+    "w8a8_matmul_reference",
+    "weight_only_matmul",
+    "weight_only_matmul_reference",
+]
 
 
 # ---------------------------------------------------------------- dispatch

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from core.artifacts import save_model_dir
-from core.models import register_model
+from core.models import arch_module, register_model
 from core.train import Callback, FitResult, Trainer, TrainerConfig, accuracy, seed_everything
 
 
@@ -126,6 +126,7 @@ def train_digits(
             {
                 "task": "digits",
                 "arch": "digits_cnn",
+                "arch_module": arch_module("digits_cnn"),
                 "arch_kwargs": {"width": cfg.width},
                 "input_shape": [1, cfg.size, cfg.size],
                 "num_classes": 10,

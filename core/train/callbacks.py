@@ -25,10 +25,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from core.train.trainer import FitResult, Trainer
+from core.train.result import FitResult
+
+# A core.train.Trainer. Not imported: the trainer imports this module, and imports go one way.
+Trainer = Any
 
 log = logging.getLogger("core.train")
 

@@ -34,7 +34,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,39 +58,12 @@ from core.train.distributed import (
 )
 from core.train.optim import build_optimizer
 from core.train.precision import autocast, make_scaler
+from core.train.result import FitResult
 from core.train.schedules import build_scheduler
 
 log = logging.getLogger("core.train")
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
-
-
-@dataclass
-class FitResult:
-    """What a finished ``fit`` reports."""
-
-    global_step: int
-    epochs_completed: int
-    history: list[dict[str, float]] = field(default_factory=list)
-    best_metric: float | None = None
-    best_checkpoint: str | None = None
-    last_checkpoint: str | None = None
-    resumed_from: str | None = None
-    nonfinite_steps: int = 0
-    stopped_early: bool = False
-    preempted: bool = False
-    elapsed_s: float = 0.0
-    samples_per_s: float = 0.0
-    comm_bytes_per_step: float = 0.0
-
-    @property
-    def final_metrics(self) -> dict[str, float]:
-        return self.history[-1] if self.history else {}
-
-    def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "history"} | {
-            "final_metrics": self.final_metrics
-        }
 
 
 class _SkipSampler(Sampler[int]):

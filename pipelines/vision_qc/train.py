@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from core.artifacts import save_model_dir
 from core.errors import DataError
+from core.models import arch_module
 from core.train import (
     Callback,
     FitResult,
@@ -231,6 +232,7 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
             extra = {ANOMALY_BANK_FILE: {"bank": bank}}
         config = {
             "arch": "vision_qc_fcos",
+            "arch_module": arch_module("vision_qc_fcos"),
             "arch_kwargs": arch,
             "classes": list(cfg.data.classes),
             "input_shape": [3, cfg.model.image_size, cfg.model.image_size],

@@ -88,6 +88,7 @@ def test_missing_files_and_bad_calibration_data_exit_2_with_one_line(model_dir, 
 
 
 def test_every_core_registered_model_builds_and_runs():
+    import core.reference.digits  # noqa: F401  (registers the core reference architectures)
     from core.models import _REGISTRY, build_model
 
     # pipelines register their own architectures (other inputs/outputs) and test them there

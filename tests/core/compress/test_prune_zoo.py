@@ -72,6 +72,7 @@ for _name, _ratio in (
 
 
 def _core_registered() -> list[str]:
+    import core.reference.digits  # noqa: F401  (registers the core reference architectures)
     from core.models import _REGISTRY, registered_models
 
     # pipelines register their own architectures (other inputs) and test them there
