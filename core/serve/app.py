@@ -251,12 +251,17 @@ def create_app(
         else:
             try:
                 payload = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            except RecursionError:
+                return error(422, [{"loc": ["body"], "msg": "invalid JSON: nested too deeply"}])
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, int digit limit
                 return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
         try:
             items = await asyncio.to_thread(pred.decode, payload)
         except RequestError as exc:
             return error(422, exc.errors)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # a predictor's decode met input it did not expect: still the request's fault
+            return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
         try:
             outputs = await asyncio.wait_for(batcher.submit(items), cfg.request_timeout_s)
         except QueueFull as exc:

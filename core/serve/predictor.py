@@ -64,6 +64,40 @@ class Predictor(Protocol):
     def encode(self, outputs: list[Any]) -> dict[str, Any]: ...
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+_KINDS = {type(None): "null", bool: "true/false", str: "a string", dict: "an object"}
+
+
+def numeric_array(sample: Any) -> np.ndarray:
+    """A JSON value that must be a number or nested lists of numbers, as float32.
+
+    Strict where NumPy is lenient: strings (``"1"``), booleans and null are refused, not
+    converted, and a value beyond float32's range is refused instead of becoming infinity.
+    Raises RequestError with the position (``loc`` inside the sample) of the first bad value."""
+    stack: list[tuple[Any, tuple[int, ...]]] = [(sample, ())]
+    while stack:
+        value, at = stack.pop()
+        kind = type(value)
+        if kind is list:
+            stack.extend((v, (*at, j)) for j, v in enumerate(value))
+        elif kind is not float and kind is not int:
+            what = _KINDS.get(kind, kind.__name__)
+            shown = f" {value!r}" if kind is str else ""
+            raise RequestError([{"loc": list(at), "msg": f"{what}{shown} where a number belongs"}])
+    try:
+        arr = np.asarray(sample, dtype=np.float64)
+    except (ValueError, OverflowError) as exc:  # ragged lists, integers beyond float64
+        msg = "numbers out of range" if isinstance(exc, OverflowError) else "ragged nested lists"
+        raise RequestError([{"loc": [], "msg": msg}]) from None
+    out_of_range = np.isfinite(arr) & (np.abs(arr) > _F32_MAX)
+    if out_of_range.any():
+        where = [int(v) for v in np.argwhere(out_of_range)[0]]
+        raise RequestError(
+            [{"loc": where, "msg": f"a number beyond float32's range (±{_F32_MAX:.3g})"}]
+        )
+    return arr.astype(np.float32)
+
+
 class ModelDirPredictor:
     """Classifier over one float tensor input: ``{"inputs": [sample, ...]}`` -> labels and scores."""
 
@@ -135,11 +169,9 @@ class ModelDirPredictor:
         items, errors = [], []
         for i, sample in enumerate(inputs):
             try:
-                arr = np.asarray(sample, dtype=np.float32)
-            except (ValueError, TypeError):
-                errors.append(
-                    {"loc": ["body", "inputs", i], "msg": "must be a nested list of numbers"}
-                )
+                arr = numeric_array(sample)
+            except RequestError as exc:
+                errors.extend({**e, "loc": ["body", "inputs", i, *e["loc"]]} for e in exc.errors)
                 continue
             if arr.shape != self.input_shape:
                 errors.append(

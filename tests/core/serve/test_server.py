@@ -299,3 +299,33 @@ def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
     # uvicorn shuts down gracefully, then re-raises the signal it caught (exit status -15)
     assert code in (0, -signal.SIGTERM)
     assert "Finished server process" in proc.stderr.read().decode()
+
+
+def test_hostile_json_bodies_are_422_naming_the_problem_never_500(model_dirs, samples):
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig())
+    good = samples[0].tolist()
+
+    def with_value(v: str) -> bytes:  # sample 0 with its first pixel replaced by raw JSON text
+        row = json.dumps(good[0][0][1:])[1:]
+        rest = json.dumps(good[0][1:])[1:-1]
+        return f'{{"inputs": [[[[{v}, {row}, {rest}]]]}}'.encode()
+
+    cases = [
+        (b'{"inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", "nested too deeply"),
+        (b'{"inputs": [[[[' + b"9" * 5000 + b"]]]]}", "invalid JSON"),  # beyond the digit limit
+        (with_value("1e39"), "beyond float32's range"),
+        (with_value('"0.5"'), "a string '0.5' where a number belongs"),
+        (with_value("true"), "true/false where a number belongs"),
+        (with_value("null"), "null where a number belongs"),
+        (with_value("1" + "0" * 400), "numbers out of range"),
+    ]
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=with_value("0.25"))
+        assert r.status_code == 200  # the template itself is a valid request
+        for body, message in cases:
+            r = httpx.post(f"{srv.url}/v1/models/digits/predict", content=body, timeout=30)
+            assert r.status_code == 422, (message, r.status_code, r.text[:300])
+            assert message in json.dumps(r.json()), (message, r.text[:300])
+        ok = httpx.post(f"{srv.url}/v1/models/digits/predict", content=with_value("0.25"))
+        assert ok.status_code == 200  # and the server is still fine
