@@ -270,6 +270,15 @@ def serve(
     max_queue_delay_ms: Annotated[
         float, typer.Option(help="batching wait for the first item")
     ] = 5.0,
+    batching: Annotated[
+        bool, typer.Option(help="dynamic batching; --no-batching runs each request alone")
+    ] = True,
+    max_queue: Annotated[int, typer.Option(help="queued items before 503 Server Busy")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="request body limit (413 above)")] = 1 << 20,
+    request_timeout: Annotated[float, typer.Option(help="seconds per request before 504")] = 10.0,
+    api_key_env: Annotated[
+        str, typer.Option(help="variable whose value requests must carry as their API key")
+    ] = "DV_API_KEY",
     watch_interval: Annotated[float, typer.Option(help="seconds between registry checks")] = 10.0,
 ) -> None:
     """Serve a model over HTTP with dynamic batching (POST /v1/models/NAME/predict)."""
@@ -277,7 +286,14 @@ def serve(
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
 
-    cfg = ServeConfig(max_batch_size=max_batch_size, max_queue_delay_ms=max_queue_delay_ms)
+    cfg = ServeConfig(
+        max_batch_size=max_batch_size if batching else 1,
+        max_queue_delay_ms=max_queue_delay_ms if batching else 0.0,
+        max_queue=max_queue,
+        max_body_bytes=max_body_bytes,
+        request_timeout_s=request_timeout,
+        api_key_env=api_key_env,
+    )
     if registry:
         cfg.alias, cfg.watch_interval_s = alias, watch_interval
     application = app_for(

@@ -55,6 +55,20 @@ class ServeConfig:
     alias: str | None = None  # registry alias served, reported by /v1/models
     watch_interval_s: float = 0.0  # >0: poll the registry for a moved alias this often
 
+    def __post_init__(self) -> None:
+        from core.errors import ConfigError
+        from core.typedconfig import check_types
+
+        check_types(self)
+        for name in ("max_batch_size", "max_queue", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1", fix="use a positive limit")
+        for name in ("max_queue_delay_ms", "watch_interval_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0", fix="use 0 to disable it")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("request_timeout_s must be > 0", fix="use e.g. 10")
+
 
 class ModelHandle:
     """The predictor being served; swapped atomically on reload."""

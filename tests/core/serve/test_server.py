@@ -277,6 +277,13 @@ def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
             "digits",
             "--port",
             str(port),
+            "--no-batching",
+            "--max-body-bytes",
+            "3000",
+            "--request-timeout",
+            "5",
+            "--max-queue",
+            "64",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -293,6 +300,8 @@ def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
             time.sleep(0.1)
         r = post(url, "digits", {"inputs": [samples[0].tolist(), samples[1].tolist()]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
+        r = post(url, "digits", {"inputs": [s.tolist() for s in samples[:12]]})
+        assert r.status_code == 413 and "3000-byte limit" in r.json()["detail"]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
@@ -329,3 +338,17 @@ def test_hostile_json_bodies_are_422_naming_the_problem_never_500(model_dirs, sa
             assert message in json.dumps(r.json()), (message, r.text[:300])
         ok = httpx.post(f"{srv.url}/v1/models/digits/predict", content=with_value("0.25"))
         assert ok.status_code == 200  # and the server is still fine
+
+
+def test_dv_serve_refuses_a_bad_limit_in_one_line(model_dirs):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "core.cli", "serve", str(model_dirs / "v1"), "--max-queue", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().endswith("use a positive limit")
+    assert "max_queue must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
