@@ -232,8 +232,15 @@ def create_app(
     @app.post("/v1/models/{name}/predict")
     async def predict(name: str, request: Request) -> JSONResponse:
         t0 = time.perf_counter()
-        resp = await _predict(name, request)
-        label = handle.current.name if handle.current else name
+        try:
+            resp = await _predict(name, request)
+        except Exception as exc:  # a failed batch or a predictor bug: answered and counted
+            log.exception("prediction failed")
+            resp = error(500, f"prediction failed ({type(exc).__name__})")
+        # only the served model's name labels metrics: names from URLs would let any client
+        # create series without bound
+        served = handle.current
+        label = served.name if served is not None and name == served.name else "unknown"
         metrics.requests.labels(label, str(resp.status_code)).inc()
         metrics.latency.labels(label).observe(time.perf_counter() - t0)
         return resp

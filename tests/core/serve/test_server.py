@@ -352,3 +352,40 @@ def test_dv_serve_refuses_a_bad_limit_in_one_line(model_dirs):
     )
     assert proc.returncode == 2 and proc.stderr.strip().endswith("use a positive limit")
     assert "max_queue must be >= 1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+class Failing(ModelDirPredictor):
+    """The real predictor, whose batch fails when a sample's first pixel is 7."""
+
+    def predict_batch(self, items):
+        if any(float(x.flat[0]) == 7.0 for x in items):
+            raise RuntimeError("batch failed")
+        return super().predict_batch(items)
+
+
+def test_failures_are_counted_and_metric_labels_stay_bounded(model_dirs, samples):
+    pred = Slow(model_dirs / "v1", name="digits", warm_s=2.0)
+    with BackgroundServer(create_app(pred, ServeConfig())) as srv:
+        for i in range(40):  # while not ready, to names nobody serves
+            assert post(srv.url, f"name-{i}", {"inputs": [samples[0].tolist()]}).status_code == 503
+        wait_ready(srv.url)
+        for i in range(10):
+            assert post(srv.url, f"other-{i}", {"inputs": [samples[0].tolist()]}).status_code == 404
+        text = httpx.get(f"{srv.url}/metrics").text
+    series = [ln for ln in text.splitlines() if ln.startswith("dv_requests_total{")]
+    assert sorted(series) == [
+        'dv_requests_total{model="unknown",status="404"} 10.0',
+        'dv_requests_total{model="unknown",status="503"} 40.0',
+    ]
+    bad = samples[0].copy()
+    bad.flat[0] = 7.0
+    with BackgroundServer(
+        create_app(Failing(model_dirs / "v1", name="digits"), ServeConfig())
+    ) as srv:
+        wait_ready(srv.url)
+        assert post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code == 200
+        r = post(srv.url, "digits", {"inputs": [bad.tolist()]})
+        assert r.status_code == 500 and "RuntimeError" in r.json()["detail"]
+        text = httpx.get(f"{srv.url}/metrics").text
+    assert 'dv_requests_total{model="digits",status="500"} 1.0' in text
+    assert 'dv_request_latency_seconds_count{model="digits"} 2.0' in text
