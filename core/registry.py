@@ -403,6 +403,7 @@ class RegistryWatcher:
         self.registry, self.name, self.alias = registry, name, alias
         self.predictor = predictor
         self.served: str | None = None
+        self.pending: str | None = None  # offered by check(), served once confirm()ed
 
     def current(self) -> Callable[[], Any]:
         """A factory for the version the alias points at now (start-up)."""
@@ -411,11 +412,19 @@ class RegistryWatcher:
         return self._factory(mv)
 
     def check(self) -> Callable[[], Any] | None:
+        """A factory when the alias points at a version not served yet. The version counts as
+        served only after :meth:`confirm` (the server calls it once the load succeeded), so a
+        version that failed to load is offered again on the next check."""
         mv = self.registry.find(self.name, self.alias)
         if mv is None or mv.version == self.served:
             return None
-        self.served = mv.version
+        self.pending = mv.version
         return self._factory(mv)
+
+    def confirm(self) -> None:
+        """The version the last :meth:`check` offered is now served."""
+        if self.pending is not None:
+            self.served, self.pending = self.pending, None
 
     def _factory(self, mv: ModelVersion) -> Callable[[], Any]:
         if self.predictor is not None:

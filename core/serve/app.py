@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,6 +41,15 @@ from core.serve.metrics import ServeMetrics
 from core.serve.predictor import MultipartBody, Predictor, RequestError, Upload
 
 log = logging.getLogger("core.serve")
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/'\"]+/)+")
+
+
+def public_text(text: str | None) -> str | None:
+    """``text`` with absolute directories cut to their last part: responses never show where
+    the server keeps its files (``/srv/models/v3/model.onnx`` -> ``model.onnx``)."""
+    return None if text is None else _ABS_PATH.sub("", text)
 
 
 @dataclass
@@ -133,22 +143,37 @@ def create_app(
         on_batch=metrics.observe_batch,
     )
 
-    def load(f: Callable[[], Predictor]) -> None:
+    def load(f: Callable[[], Predictor]) -> str | None:
+        """Load a predictor; returns None on success, else the error (also kept on the handle)."""
         try:
             pred = handle.load(f)
-            metrics.set_version(pred.name, pred.version)
-            log.info("serving %s version %s", pred.name, pred.version)
         except Exception:
-            log.exception("model failed to load; the server will not report ready")
+            old = handle.current
+            log.exception(
+                "model failed to load; "
+                + (
+                    f"still serving version {old.version}"
+                    if old is not None
+                    else "the server will not report ready"
+                )
+            )
+            return handle.error
+        metrics.set_version(pred.name, pred.version)
+        log.info("serving %s version %s", pred.name, pred.version)
+        return None
 
-    async def reload_from_watcher() -> bool:
+    async def reload_from_watcher() -> tuple[bool, str | None]:
+        """``(reloaded, error)``: a version that fails to load is not marked served, so the
+        next poll or reload tries it again."""
         if watcher is None:
-            return False
+            return False, None
         new = await asyncio.to_thread(watcher.check)
         if new is None:
-            return False
-        await asyncio.to_thread(load, new)
-        return True
+            return False, None
+        err = await asyncio.to_thread(load, new)
+        if err is None and hasattr(watcher, "confirm"):
+            watcher.confirm()
+        return err is None, err
 
     async def watch() -> None:
         while True:
@@ -199,7 +224,9 @@ def create_app(
         if handle.ready:
             return JSONResponse({"status": "ready", "version": handle.current.version})
         status = "loading" if handle.loading or handle.error is None else "failed"
-        return JSONResponse({"status": status, "reason": handle.error}, status_code=503)
+        return JSONResponse(
+            {"status": status, "reason": public_text(handle.error)}, status_code=503
+        )
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
@@ -209,7 +236,14 @@ def create_app(
         rows = (
             []
             if pred is None
-            else [{"name": pred.name, "version": pred.version, "alias": cfg.alias}]
+            else [
+                {
+                    "name": pred.name,
+                    "version": pred.version,
+                    "alias": cfg.alias,
+                    "last_load_error": public_text(handle.error),
+                }
+            ]
         )
         return JSONResponse(rows)
 
@@ -224,10 +258,11 @@ def create_app(
             return error(401, "missing or wrong API key")
         if watcher is None:
             return error(404, "no registry is attached to this server")
-        changed = await reload_from_watcher()
-        return JSONResponse(
-            {"reloaded": changed, "version": handle.current.version if handle.current else None}
-        )
+        changed, err = await reload_from_watcher()
+        body = {"reloaded": changed, "version": handle.current.version if handle.current else None}
+        if err is not None:
+            body["error"] = public_text(err)
+        return JSONResponse(body, status_code=200 if err is None else 500)
 
     @app.post("/v1/models/{name}/predict")
     async def predict(name: str, request: Request) -> JSONResponse:
@@ -250,6 +285,8 @@ def create_app(
             return error(401, "missing or wrong API key")
         pred = handle.current
         if pred is None:
+            if handle.error is not None and not handle.loading:  # retrying will not help
+                return error(503, f"model failed to load: {public_text(handle.error)}")
             return error(503, "model not ready", {"Retry-After": "1"})
         if name != pred.name:
             return error(404, f"unknown model {name!r}; this server serves {pred.name!r}")

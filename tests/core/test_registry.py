@@ -100,7 +100,10 @@ def test_watcher_reports_a_moved_alias_once(registry, tmp_path):
     assert w.current()() == ("m-watch", "1") and w.check() is None
     v2 = registry.register("m-watch", model_dir(tmp_path / "v2", 0.9))
     registry.promote_if_better("m-watch", v2.version, held_out)
-    assert w.check()() == ("m-watch", "2") and w.check() is None
+    assert w.check()() == ("m-watch", "2")
+    assert w.check()() == ("m-watch", "2")  # not confirmed (its load failed): offered again
+    w.confirm()
+    assert w.check() is None and w.served == "2"
 
 
 def _flip(f, where: int = -3) -> None:

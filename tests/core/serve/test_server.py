@@ -389,3 +389,63 @@ def test_failures_are_counted_and_metric_labels_stay_bounded(model_dirs, samples
         text = httpx.get(f"{srv.url}/metrics").text
     assert 'dv_requests_total{model="digits",status="500"} 1.0' in text
     assert 'dv_request_latency_seconds_count{model="digits"} 2.0' in text
+
+
+class OneVersionWatcher:
+    """A registry watcher offering version 2 (from ``path``) until the server confirms it."""
+
+    def __init__(self, path) -> None:
+        self.path, self.served, self.offers = path, "1", 0
+
+    def check(self):
+        if self.served == "2":
+            return None
+        self.offers += 1
+        return lambda: ModelDirPredictor(self.path, name="digits", version="2")
+
+    def confirm(self) -> None:
+        self.served = "2"
+
+
+def test_a_failed_hot_reload_says_why_and_is_retried_once_fixed(model_dirs, samples, tmp_path):
+    import shutil
+
+    v2 = tmp_path / "v2"
+    shutil.copytree(model_dirs / "v2", v2)
+    good = (v2 / "model.onnx").read_bytes()
+    (v2 / "model.onnx").write_bytes(good[:100])  # the new version's file is corrupt
+    watcher = OneVersionWatcher(v2)
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig(), watcher)
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        r = httpx.post(f"{srv.url}/v1/admin/reload", timeout=30)
+        assert r.status_code == 500 and r.json()["reloaded"] is False
+        assert r.json()["version"] == "1" and "model.onnx is corrupt" in r.json()["error"]
+        assert str(tmp_path) not in r.text  # no absolute paths in responses
+        row = httpx.get(f"{srv.url}/v1/models").json()[0]
+        assert row["version"] == "1" and "model.onnx is corrupt" in row["last_load_error"]
+        assert post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code == 200
+        (v2 / "model.onnx").write_bytes(good)  # the file is restored
+        r = httpx.post(f"{srv.url}/v1/admin/reload", timeout=30)
+        assert r.status_code == 200 and r.json() == {"reloaded": True, "version": "2"}
+        assert httpx.get(f"{srv.url}/v1/models").json()[0]["last_load_error"] is None
+        assert httpx.post(f"{srv.url}/v1/admin/reload").json()["reloaded"] is False  # served
+    assert watcher.offers == 2
+
+
+def test_a_model_that_failed_to_load_says_so_instead_of_retry_after(model_dirs, samples, tmp_path):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(model_dirs / "v1", d)
+    (d / "model.onnx").write_bytes(b"\x08\x01garbage")
+    with BackgroundServer(create_app(ModelDirPredictor(d, name="digits"))) as srv:
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{srv.url}/v1/health/ready").json()["status"] != "failed":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        r = post(srv.url, "digits", {"inputs": [samples[0].tolist()]})
+        assert r.status_code == 503 and "Retry-After" not in r.headers
+        assert r.json()["detail"].startswith("model failed to load: ModelLoadError: model.onnx")
+        reason = httpx.get(f"{srv.url}/v1/health/ready").json()["reason"]
+        assert "model.onnx is corrupt" in reason and str(tmp_path) not in reason
