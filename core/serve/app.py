@@ -215,6 +215,14 @@ def create_app(
     def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
+    @app.middleware("http")
+    async def require_key(request: Request, call_next: Callable[[Request], Any]) -> Any:
+        # with a key set, only liveness is open: docs, schema, readiness (its reason names
+        # files) and metrics need the key like every model route
+        if request.url.path != "/v1/health/live" and not authorized(request):
+            return error(401, "missing or wrong API key")
+        return await call_next(request)
+
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
         return {"status": "alive"}

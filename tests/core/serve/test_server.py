@@ -169,7 +169,7 @@ def test_ready_only_after_warmup(model_dirs, samples):
         assert post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code == 503
         wait_ready(srv.url)
         assert httpx.get(f"{srv.url}/v1/models").json() == [
-            {"name": "digits", "version": "1", "alias": None}
+            {"name": "digits", "version": "1", "alias": None, "last_load_error": None}
         ]
 
 
@@ -363,11 +363,24 @@ class Failing(ModelDirPredictor):
         return super().predict_batch(items)
 
 
+class Gated(ModelDirPredictor):
+    """The real predictor, whose warm-up waits until the test opens the gate."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.gate = threading.Event()
+
+    def warmup(self) -> None:
+        assert self.gate.wait(60)
+        super().warmup()
+
+
 def test_failures_are_counted_and_metric_labels_stay_bounded(model_dirs, samples):
-    pred = Slow(model_dirs / "v1", name="digits", warm_s=2.0)
+    pred = Gated(model_dirs / "v1", name="digits")
     with BackgroundServer(create_app(pred, ServeConfig())) as srv:
         for i in range(40):  # while not ready, to names nobody serves
             assert post(srv.url, f"name-{i}", {"inputs": [samples[0].tolist()]}).status_code == 503
+        pred.gate.set()
         wait_ready(srv.url)
         for i in range(10):
             assert post(srv.url, f"other-{i}", {"inputs": [samples[0].tolist()]}).status_code == 404
@@ -449,3 +462,18 @@ def test_a_model_that_failed_to_load_says_so_instead_of_retry_after(model_dirs, 
         assert r.json()["detail"].startswith("model failed to load: ModelLoadError: model.onnx")
         reason = httpx.get(f"{srv.url}/v1/health/ready").json()["reason"]
         assert "model.onnx is corrupt" in reason and str(tmp_path) not in reason
+
+
+def test_with_an_api_key_only_liveness_is_open(model_dirs, monkeypatch):
+    monkeypatch.setenv("DV_API_KEY", "s3cret")
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), ServeConfig())
+    with BackgroundServer(app) as srv:
+        assert httpx.get(f"{srv.url}/v1/health/live").status_code == 200
+        key = {"x-api-key": "s3cret"}
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{srv.url}/v1/health/ready", headers=key).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for path in ("/docs", "/openapi.json", "/v1/health/ready", "/metrics", "/v1/models"):
+            assert httpx.get(f"{srv.url}{path}").status_code == 401, path
+            assert httpx.get(f"{srv.url}{path}", headers=key).status_code == 200, path
