@@ -40,7 +40,7 @@ from core.compress.report import interleaved_latency, ort_session
 from core.train import Callback, TrainerConfig, bf16_is_fast
 from pipelines.vision_qc.config import DEFECTS, DataConfig, SynthConfig
 from pipelines.vision_qc.data import load_mvtec
-from pipelines.vision_qc.deploy import DeployConfig, deploy, load_detector_net
+from pipelines.vision_qc.deploy import DeployConfig, deploy
 from pipelines.vision_qc.evaluate import (
     coco_map,
     detect_all,
@@ -48,6 +48,7 @@ from pipelines.vision_qc.evaluate import (
     image_scores,
     set_threshold,
 )
+from pipelines.vision_qc.model import load_detector_net
 from pipelines.vision_qc.train import TrainConfig, image_tensor, train
 
 TARGET_MAP50 = 0.90
@@ -148,7 +149,7 @@ def main() -> None:
     result, model_dir = train(cfg, callbacks=[ttt])
     train_s = time.perf_counter() - t0
 
-    from pipelines.vision_qc.deploy import DefectDetector
+    from pipelines.vision_qc.predict import DefectDetector
 
     det = DefectDetector(model_dir, tile=False)
     val_dets, test_dets = detect_all(det, val), detect_all(det, test)

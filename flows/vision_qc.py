@@ -100,8 +100,8 @@ def map50_metric(data: DataConfig) -> Any:
 
     def metric(model_dir: Path) -> float:
         from pipelines.vision_qc.data import load_dataset
-        from pipelines.vision_qc.deploy import DefectDetector
         from pipelines.vision_qc.evaluate import coco_map, detect_all
+        from pipelines.vision_qc.predict import DefectDetector
         from pipelines.vision_qc.train import partition
 
         test = partition(load_dataset(data), data)["test"]

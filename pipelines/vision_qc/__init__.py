@@ -4,9 +4,9 @@ Seeded synthetic inspection data with exact ground truth (``synth``); readers fo
 COCO and YOLO data with per-file validation (``data``); an FCOS detector on a timm backbone
 with FPN and a patch-memory anomaly scorer (``model``); training through ``core.train`` from
 labelled images and/or normal images with pasted defects (``train``); COCO mAP, image-level
-rates and the operating threshold (``evaluate``); one exportable graph, INT8, the parity
-report, the tiling ``DefectDetector`` and the serving predictor (``deploy``); the
-``vision-qc`` CLI (``cli``). The Prefect flow is ``flows.vision_qc``.
+rates and the operating threshold (``evaluate``); the tiling ``DefectDetector`` that runs any
+model directory (``predict``); compression, INT8 and the parity report (``deploy``); the
+serving predictor (``serve``); the ``vision-qc`` CLI (``cli``). The Prefect flow is ``flows.vision_qc``.
 """
 
 from pipelines.vision_qc.config import DataConfig, SynthConfig
@@ -20,16 +20,11 @@ from pipelines.vision_qc.data import (
     manifest,
     split,
 )
-from pipelines.vision_qc.deploy import (
-    DefectDetector,
-    DefectPredictor,
-    DeployConfig,
-    DeployReport,
-    ServeLimits,
-    deploy,
-)
+from pipelines.vision_qc.deploy import DeployConfig, DeployReport, deploy
 from pipelines.vision_qc.evaluate import EvalConfig, EvalReport, evaluate
 from pipelines.vision_qc.model import ModelConfig, PatchAnomalyScorer, build_detector
+from pipelines.vision_qc.predict import DefectDetector
+from pipelines.vision_qc.serve import DefectPredictor, ServeLimits
 from pipelines.vision_qc.synth import paste_defects, write_dataset
 from pipelines.vision_qc.train import TrainConfig, partition, train
 

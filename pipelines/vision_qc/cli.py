@@ -264,8 +264,8 @@ def predict(
     """Detect defects in images; prints or writes JSON, optionally draws the boxes."""
     from core.errors import ConfigError, DataError
     from pipelines.vision_qc.data import IMAGE_EXTS
-    from pipelines.vision_qc.deploy import DefectDetector
     from pipelines.vision_qc.evaluate import draw_detections
+    from pipelines.vision_qc.predict import DefectDetector
 
     if tile not in ("auto", "on", "off"):
         raise ConfigError(f"unknown tile mode {tile!r}", fix="use auto, on or off")
@@ -323,7 +323,7 @@ def serve(
     from core.serve import ServeConfig
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
-    from pipelines.vision_qc.deploy import DefectPredictor, ServeLimits
+    from pipelines.vision_qc.serve import DefectPredictor, ServeLimits
 
     limits = ServeLimits(max_images=max_images, max_pixels=int(max_megapixels * 1e6))
     cfg = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_batch_size=8)

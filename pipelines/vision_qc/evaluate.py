@@ -29,6 +29,7 @@ import numpy as np
 from core.errors import ConfigError, DataError
 from pipelines.vision_qc.config import DataConfig
 from pipelines.vision_qc.data import Sample
+from pipelines.vision_qc.predict import DefectDetector
 
 
 @dataclass
@@ -356,7 +357,6 @@ def evaluate(model_dir: str | Path, cfg: EvalConfig, progress: Any = None) -> Ev
     """Metrics of ``model_dir`` on the held-out test part of ``cfg.data``, the threshold picked
     on its validation part; writes ``cfg.out_dir`` and (by default) the model's threshold."""
     from pipelines.vision_qc.data import load_dataset
-    from pipelines.vision_qc.deploy import DefectDetector
     from pipelines.vision_qc.train import partition
 
     parts = partition(load_dataset(cfg.data), cfg.data)

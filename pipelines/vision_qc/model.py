@@ -11,14 +11,27 @@ with labels ``1..C`` (0 is background).
 Anomaly score (anomalib's PatchCore idea, kept small): backbone patch features of defect-free
 images form a memory bank; an image's score is the largest distance from any of its patches
 to the nearest normal patch. It needs no defect labels.
+
+The exportable graph (:class:`DetectorNet`) is the whole detector as one static graph:
+ImageNet normalisation, backbone, FPN, FCOS head, box decoding against the fixed anchor grid,
+class scores ``sqrt(sigmoid(cls) * sigmoid(centerness))`` (exactly torchvision's FCOS), and
+the patch anomaly score against the memory bank of normal patches. ``(B, 3, S, S)`` floats in
+[0, 1] -> ``boxes (B, A, 4)`` (pixels of the S x S input), ``scores (B, A, C)``, ``anomaly
+(B,)``. Non-maximum suppression is deliberately *not* in the graph: the tiles of a large
+image are merged by one NMS in image coordinates, in :func:`postprocess`, the same code for
+the PyTorch and the ONNX Runtime backends.
+
+Not here: running a model directory on images (``predict.py``), compression (``deploy.py``).
 """
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -224,3 +237,93 @@ def fit_anomaly_bank(
     scorer.fit(normal_images)
     detector.train(was_training)
     return scorer.bank
+
+
+# ---------------------------------------------------------------- the exportable graph
+class DetectorNet(nn.Module):
+    """FCOS + anomaly score as one static graph (see the module docstring)."""
+
+    def __init__(self, fcos: nn.Module, image_size: int, bank: torch.Tensor | None) -> None:
+        super().__init__()
+        from torchvision.models.detection.image_list import ImageList
+
+        self.body, self.fpn, self.head = fcos.backbone.body, fcos.backbone.fpn, fcos.head
+        self.size = image_size
+        self.register_buffer("mean", torch.tensor(fcos.transform.image_mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(fcos.transform.image_std).view(1, 3, 1, 1))
+        with torch.no_grad():
+            x = torch.zeros(1, 3, image_size, image_size)
+            pyramid = list(fcos.backbone(x).values())
+            anchors = fcos.anchor_generator(ImageList(x, [(image_size, image_size)]), pyramid)[0]
+        self.register_buffer("anchor_ctr", (anchors[:, :2] + anchors[:, 2:]) / 2)
+        self.register_buffer("anchor_wh", (anchors[:, 2:] - anchors[:, :2]).repeat(1, 2))
+        if bank is None:
+            with torch.no_grad():
+                channels = patch_features(self.body(x)).shape[-1]
+            bank = torch.zeros(1, channels)
+        self.register_buffer("bank", bank.float())
+        self.register_buffer("bank_sq", (self.bank**2).sum(1))
+
+    @torch.no_grad()
+    def refit_bank(self, normal_images: torch.Tensor, seed: int = 0) -> None:
+        """Rebuild the memory bank (same size) from defect-free images ``(N, 3, S, S)``, e.g.
+        after pruning changed the backbone's features."""
+        p = torch.cat(
+            [
+                patch_features(self.body((normal_images[i : i + 16] - self.mean) / self.std))
+                for i in range(0, len(normal_images), 16)
+            ]
+        ).flatten(0, 1)
+        self.bank = greedy_coreset(p, self.bank.shape[0], seed)
+        self.bank_sq = (self.bank**2).sum(1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.body((x - self.mean) / self.std)
+        pyramid = list(self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats))).values())
+        out = self.head(pyramid)
+        # column 0 of FCOS's logits is the never-trained background class
+        scores = torch.sqrt(
+            torch.sigmoid(out["cls_logits"][..., 1:]) * torch.sigmoid(out["bbox_ctrness"])
+        )
+        d = out["bbox_regression"] * self.anchor_wh
+        ctr = self.anchor_ctr.repeat(1, 2)
+        boxes = (ctr + torch.cat([-d[..., :2], d[..., 2:]], dim=-1)).clamp(0.0, float(self.size))
+        anomaly = nearest_distance(patch_features(feats), self.bank, self.bank_sq)
+        return boxes, scores, anomaly
+
+
+def postprocess(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    score_thresh: float,
+    iou: float = 0.6,
+    max_det: int = 50,
+    candidates: int = 1000,
+) -> dict[str, np.ndarray]:
+    """One image's graph outputs -> ``{"boxes" (K, 4), "scores" (K,), "labels" (K,) 1..C}``:
+    score threshold, the top ``candidates``, class-wise NMS, the best ``max_det`` (FCOS's rule)."""
+    from torchvision.ops import batched_nms
+
+    a, c = np.nonzero(scores > score_thresh)
+    s = scores[a, c]
+    order = np.argsort(-s, kind="stable")[:candidates]
+    a, c, s = a[order], c[order], s[order]
+    b = torch.from_numpy(np.ascontiguousarray(boxes[a], dtype=np.float32))
+    keep = batched_nms(b, torch.from_numpy(s.astype(np.float32)), torch.from_numpy(c), iou)
+    keep = keep[:max_det].numpy()
+    return {"boxes": b.numpy()[keep], "scores": s[keep].astype(np.float32), "labels": c[keep] + 1}
+
+
+def load_detector_net(model_dir: str | os.PathLike[str]) -> DetectorNet:
+    """The exportable graph of a trained (PyTorch) model directory, bank included when present."""
+    from safetensors.torch import load_file
+
+    from core.artifacts import verify_model_files
+    from core.models import load_model_dir
+
+    model_dir = Path(model_dir)
+    fcos, cfg = load_model_dir(model_dir)
+    verify_model_files(model_dir, [ANOMALY_BANK_FILE])
+    bank_path = model_dir / ANOMALY_BANK_FILE
+    bank = load_file(str(bank_path))["bank"] if bank_path.is_file() else None
+    return DetectorNet(fcos, int(cfg["input_shape"][-1]), bank).eval()

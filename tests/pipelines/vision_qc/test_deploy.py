@@ -15,15 +15,10 @@ from core.artifacts import read_config
 from core.errors import DataError, ModelLoadError
 from core.models import load_model_dir
 from pipelines.vision_qc.data import load_dataset
-from pipelines.vision_qc.deploy import (
-    DefectDetector,
-    DeployConfig,
-    deploy,
-    load_detector_net,
-    postprocess,
-    tile_origins,
-)
+from pipelines.vision_qc.deploy import DeployConfig, deploy
 from pipelines.vision_qc.evaluate import EvalConfig, evaluate
+from pipelines.vision_qc.model import load_detector_net, postprocess
+from pipelines.vision_qc.predict import DefectDetector, tile_origins
 from pipelines.vision_qc.synth import paste_defects, surface
 from pipelines.vision_qc.train import partition
 

@@ -17,7 +17,8 @@ from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer
 from pipelines.vision_qc.cli import app
 from pipelines.vision_qc.data import load_dataset
-from pipelines.vision_qc.deploy import DefectDetector, DefectPredictor, ServeLimits
+from pipelines.vision_qc.predict import DefectDetector
+from pipelines.vision_qc.serve import DefectPredictor, ServeLimits
 from pipelines.vision_qc.train import partition
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vqc_trained")]
