@@ -83,6 +83,15 @@ def _bad(name: str, tp: Any, value: Any) -> ConfigError:
     )
 
 
+# which JSON values each scalar annotation takes (bool is an int to Python, never to a config)
+_SCALARS: dict[type, Any] = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),  # ints promoted
+    str: lambda v: isinstance(v, str),
+}
+
+
 def coerce(value: Any, tp: Any, name: str) -> Any:
     """``value`` checked against annotation ``tp`` (ints promoted to float, lists to tuples,
     dicts built into dataclasses); a :class:`ConfigError` naming ``name`` otherwise."""
@@ -121,21 +130,9 @@ def coerce(value: Any, tp: Any, name: str) -> Any:
         if isinstance(value, dict):
             return build(tp, value, prefix=name + ".")
         raise _bad(name, tp, value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _bad(name, tp, value)
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _bad(name, tp, value)
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise _bad(name, tp, value)
-    if tp is str:
-        if isinstance(value, str):
-            return value
+    if tp in _SCALARS:
+        if _SCALARS[tp](value):
+            return float(value) if tp is float else value
         raise _bad(name, tp, value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
