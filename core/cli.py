@@ -276,6 +276,10 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="queued items before 503 Server Busy")] = 256,
     max_body_bytes: Annotated[int, typer.Option(help="request body limit (413 above)")] = 1 << 20,
     request_timeout: Annotated[float, typer.Option(help="seconds per request before 504")] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="seconds for a request body to arrive before 408")
+    ] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="concurrent connections before 503")] = 1024,
     api_key_env: Annotated[
         str, typer.Option(help="variable whose value requests must carry as their API key")
     ] = "DV_API_KEY",
@@ -292,6 +296,8 @@ def serve(
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,
+        body_timeout_s=body_timeout,
+        max_connections=max_connections,
         api_key_env=api_key_env,
     )
     if registry:

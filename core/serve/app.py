@@ -61,6 +61,8 @@ class ServeConfig:
     max_queue: int = 256  # queued items before requests get 503
     max_body_bytes: int = 1 << 20  # request body limit (413 above)
     request_timeout_s: float = 10.0  # per request (504 above)
+    body_timeout_s: float = 10.0  # the whole body must arrive within this (408 above)
+    max_connections: int = 1024  # concurrent connections and requests; more get 503
     api_key_env: str = "DV_API_KEY"  # when this variable is set, requests need its value
     alias: str | None = None  # registry alias served, reported by /v1/models
     watch_interval_s: float = 0.0  # >0: poll the registry for a moved alias this often
@@ -76,8 +78,11 @@ class ServeConfig:
         for name in ("max_queue_delay_ms", "watch_interval_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", fix="use 0 to disable it")
-        if self.request_timeout_s <= 0:
-            raise ConfigError("request_timeout_s must be > 0", fix="use e.g. 10")
+        for name in ("request_timeout_s", "body_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0", fix="use e.g. 10")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections must be >= 1", fix="use e.g. 1024")
 
 
 class ModelHandle:
@@ -202,6 +207,7 @@ def create_app(
 
     app = FastAPI(title="DeepVerticals model server", lifespan=lifespan)
     app.state.handle, app.state.metrics, app.state.batcher = handle, metrics, batcher
+    app.state.config = cfg
 
     def authorized(request: Request) -> bool:
         key = os.environ.get(cfg.api_key_env)
@@ -304,10 +310,22 @@ def create_app(
                 413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
             )
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > cfg.max_body_bytes:
-                return error(413, f"request body exceeds the {cfg.max_body_bytes}-byte limit")
+        try:
+            async with asyncio.timeout(cfg.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > cfg.max_body_bytes:
+                        return error(
+                            413, f"request body exceeds the {cfg.max_body_bytes}-byte limit"
+                        )
+        except TimeoutError:
+            # a trickling client, or a Content-Length larger than the body it sends
+            return error(
+                408,
+                f"request body not received within {cfg.body_timeout_s:g} s "
+                f"({len(body)} bytes arrived)",
+                {"Connection": "close"},
+            )
         ctype = request.headers.get("content-type", "")
         if ctype.startswith("multipart/form-data"):
             try:

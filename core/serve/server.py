@@ -10,9 +10,23 @@ from typing import Any
 import uvicorn
 
 
+def _limits(app: Any) -> dict[str, Any]:
+    """uvicorn's connection cap from the app's ServeConfig (``app.state.config``)."""
+    cfg = getattr(getattr(app, "state", None), "config", None)
+    return {"limit_concurrency": cfg.max_connections} if cfg is not None else {}
+
+
 def serve(app: Any, host: str = "127.0.0.1", port: int = 8080, graceful_s: float = 30.0) -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests get ``graceful_s`` to finish."""
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=graceful_s)
+    """Serve until SIGINT/SIGTERM; in-flight requests get ``graceful_s`` to finish. Beyond
+    ``ServeConfig.max_connections`` concurrent connections, uvicorn answers 503."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=graceful_s,
+        **_limits(app),
+    )
 
 
 class BackgroundServer:
@@ -26,7 +40,11 @@ class BackgroundServer:
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
         cfg = uvicorn.Config(
-            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=graceful_s
+            app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=graceful_s,
+            **_limits(app),
         )
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(

@@ -477,3 +477,39 @@ def test_with_an_api_key_only_liveness_is_open(model_dirs, monkeypatch):
         for path in ("/docs", "/openapi.json", "/v1/health/ready", "/metrics", "/v1/models"):
             assert httpx.get(f"{srv.url}{path}").status_code == 401, path
             assert httpx.get(f"{srv.url}{path}", headers=key).status_code == 200, path
+
+
+def test_a_body_that_never_arrives_is_a_408_and_connections_are_capped(model_dirs, samples):
+    import socket
+
+    cfg = ServeConfig(body_timeout_s=1.0, max_connections=4)
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), cfg)
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            s.sendall(
+                b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                b'{"inputs": '  # then nothing more: the declared body never arrives
+            )
+            t0 = time.monotonic()
+            reply = b""
+            while chunk := s.recv(4096):  # the server closes the connection after its answer
+                reply += chunk
+            reply = reply.decode()
+            waited = time.monotonic() - t0
+        assert reply.startswith("HTTP/1.1 408") and "not received within 1 s" in reply
+        assert waited < 8
+        # four idle connections hold the cap: the next request is turned away, not queued
+        idle = [socket.create_connection((srv.host, srv.port), timeout=10) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            r = post(srv.url, "digits", {"inputs": [samples[0].tolist()]})
+            assert r.status_code == 503
+        finally:
+            for s in idle:
+                s.close()
+        deadline = time.monotonic() + 10
+        while post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code != 200:
+            assert time.monotonic() < deadline  # capacity comes back when they leave
+            time.sleep(0.2)
