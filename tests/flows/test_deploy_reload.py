@@ -63,6 +63,6 @@ def test_promoted_version_is_served_after_the_reload_task(tmp_path, monkeypatch)
         assert reload_server_task.fn(srv.url) == {"reloaded": True, "version": "2"}
         assert served_version() == "2"
         assert httpx.get(f"{srv.url}/v1/models").json() == [
-            {"name": "digits-live", "version": "2", "alias": "production"}
+            {"name": "digits-live", "version": "2", "alias": "production", "last_load_error": None}
         ]
     assert reload_server_task.fn(None) == {"reloaded": False, "reason": "no server to reload"}
