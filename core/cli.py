@@ -279,7 +279,20 @@ def serve(
     body_timeout: Annotated[
         float, typer.Option(help="seconds for a request body to arrive before 408")
     ] = 10.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="seconds for a request's headers to arrive before 408")
+    ] = 10.0,
     max_connections: Annotated[int, typer.Option(help="concurrent connections before 503")] = 1024,
+    drain: Annotated[
+        float,
+        typer.Option(
+            "--drain-seconds",
+            help="on SIGTERM, readiness 503 and Connection: close for up to this long",
+        ),
+    ] = 5.0,
+    decode_workers: Annotated[
+        int, typer.Option(help="threads parsing and decoding request bodies")
+    ] = 2,
     api_key_env: Annotated[
         str, typer.Option(help="variable whose value requests must carry as their API key")
     ] = "DV_API_KEY",
@@ -297,7 +310,10 @@ def serve(
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,
         body_timeout_s=body_timeout,
+        header_timeout_s=header_timeout,
         max_connections=max_connections,
+        drain_s=drain,
+        decode_workers=decode_workers,
         api_key_env=api_key_env,
     )
     if registry:

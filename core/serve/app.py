@@ -14,8 +14,16 @@ field-level ``detail``; queue full -> 503 + ``Retry-After``; over ``request_time
 API key (when ``$DV_API_KEY`` or the configured variable is set) missing or wrong -> 401;
 unknown model -> 404; not ready -> 503. A missing or corrupt model at start-up is logged and
 the server never reports ready. Hot reload loads the new predictor beside the old one and
-swaps it in between batches, so no request fails. uvicorn drains in-flight requests on
-SIGTERM; the batcher then finishes what is queued.
+swaps it in between batches, so no request fails.
+
+Overload is shed at admission: when the queued items plus the requests already admitted
+(reading, parsing, decoding) reach ``max_queue``, a request is answered 503 before its body
+is read. Parsing and decoding run on their own small thread pool and the model on its own
+single thread (the batcher's), so neither waits behind the other in asyncio's shared pool.
+
+Draining (``app.state.begin_drain()``, called by ``core.serve.server`` on SIGTERM): readiness
+answers 503 and every response carries ``Connection: close``; the batcher finishes what is
+queued when the app shuts down.
 """
 
 from __future__ import annotations
@@ -30,11 +38,14 @@ import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.serve.batcher import DynamicBatcher, QueueFull
 from core.serve.metrics import ServeMetrics
@@ -62,7 +73,10 @@ class ServeConfig:
     max_body_bytes: int = 1 << 20  # request body limit (413 above)
     request_timeout_s: float = 10.0  # per request (504 above)
     body_timeout_s: float = 10.0  # the whole body must arrive within this (408 above)
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (408, closed)
     max_connections: int = 1024  # concurrent connections and requests; more get 503
+    drain_s: float = 5.0  # on SIGTERM: readiness 503 + Connection: close this long at most
+    decode_workers: int = 2  # threads parsing and decoding request bodies
     api_key_env: str = "DV_API_KEY"  # when this variable is set, requests need its value
     alias: str | None = None  # registry alias served, reported by /v1/models
     watch_interval_s: float = 0.0  # >0: poll the registry for a moved alias this often
@@ -72,13 +86,13 @@ class ServeConfig:
         from core.typedconfig import check_types
 
         check_types(self)
-        for name in ("max_batch_size", "max_queue", "max_body_bytes"):
+        for name in ("max_batch_size", "max_queue", "max_body_bytes", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1", fix="use a positive limit")
-        for name in ("max_queue_delay_ms", "watch_interval_s"):
+        for name in ("max_queue_delay_ms", "watch_interval_s", "drain_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", fix="use 0 to disable it")
-        for name in ("request_timeout_s", "body_timeout_s"):
+        for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0", fix="use e.g. 10")
         if self.max_connections < 1:
@@ -134,6 +148,9 @@ def create_app(
     )  # type: ignore[assignment,return-value]
     handle = ModelHandle()
     metrics = ServeMetrics()
+    draining = threading.Event()
+    admitted = 0  # requests past admission whose items are not queued yet
+    decode_pool: ThreadPoolExecutor | None = None
 
     def run_batch(items: list[Any]) -> list[Any]:
         pred = handle.current
@@ -190,6 +207,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal decode_pool
+        decode_pool = ThreadPoolExecutor(cfg.decode_workers, thread_name_prefix="dv-decode")
         await batcher.start()
         loader = asyncio.create_task(asyncio.to_thread(load, factory))
         watch_task = (
@@ -204,30 +223,24 @@ def create_app(
                 watch_task.cancel()
             await loader
             await batcher.stop()
+            decode_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="DeepVerticals model server", lifespan=lifespan)
     app.state.handle, app.state.metrics, app.state.batcher = handle, metrics, batcher
     app.state.config = cfg
+    app.state.begin_drain = draining.set
 
-    def authorized(request: Request) -> bool:
+    def authorized(headers: Headers) -> bool:
         key = os.environ.get(cfg.api_key_env)
         if not key:
             return True
-        given = request.headers.get("x-api-key") or request.headers.get(
-            "authorization", ""
-        ).removeprefix("Bearer ")
+        given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
         return hmac.compare_digest(given.encode(), key.encode())
 
     def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        # with a key set, only liveness is open: docs, schema, readiness (its reason names
-        # files) and metrics need the key like every model route
-        if request.url.path != "/v1/health/live" and not authorized(request):
-            return error(401, "missing or wrong API key")
-        return await call_next(request)
+    app.add_middleware(_Gate, authorized=authorized, draining=draining)
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
@@ -235,6 +248,8 @@ def create_app(
 
     @app.get("/v1/health/ready")
     async def ready() -> JSONResponse:
+        if draining.is_set():
+            return JSONResponse({"status": "draining", "reason": "shutting down"}, 503)
         if handle.ready:
             return JSONResponse({"status": "ready", "version": handle.current.version})
         status = "loading" if handle.loading or handle.error is None else "failed"
@@ -243,9 +258,7 @@ def create_app(
         )
 
     @app.get("/v1/models")
-    async def models(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return error(401, "missing or wrong API key")
+    async def models() -> JSONResponse:
         pred = handle.current
         rows = (
             []
@@ -267,9 +280,7 @@ def create_app(
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.post("/v1/admin/reload")
-    async def admin_reload(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return error(401, "missing or wrong API key")
+    async def admin_reload() -> JSONResponse:
         if watcher is None:
             return error(404, "no registry is attached to this server")
         changed, err = await reload_from_watcher()
@@ -294,9 +305,28 @@ def create_app(
         metrics.latency.labels(label).observe(time.perf_counter() - t0)
         return resp
 
+    def parse_and_decode(pred: Predictor, ctype: str, body: Any) -> list[Any] | JSONResponse:
+        """On the decode pool: JSON (multipart was parsed on the loop) -> the predictor's items,
+        or the 422 that names what is wrong."""
+        if ctype.startswith("multipart/form-data"):
+            payload: Any = body
+        else:
+            try:
+                payload = json.loads(body)
+            except RecursionError:
+                return error(422, [{"loc": ["body"], "msg": "invalid JSON: nested too deeply"}])
+            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, int digit limit
+                return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
+        try:
+            return pred.decode(payload)
+        except RequestError as exc:
+            return error(422, exc.errors)
+        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+            # a predictor's decode met input it did not expect: still the request's fault
+            return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
+
     async def _predict(name: str, request: Request) -> JSONResponse:
-        if not authorized(request):
-            return error(401, "missing or wrong API key")
+        nonlocal admitted
         pred = handle.current
         if pred is None:
             if handle.error is not None and not handle.loading:  # retrying will not help
@@ -309,6 +339,30 @@ def create_app(
             return error(
                 413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
             )
+        # shed at admission: a request the queue cannot take costs no body read, parse or decode
+        if batcher.depth + admitted >= cfg.max_queue:
+            return error(
+                503,
+                f"server busy: {batcher.depth} items queued and {admitted} requests admitted "
+                f"(limit {cfg.max_queue})",
+                {"Retry-After": "1"},
+            )
+        admitted += 1
+        try:
+            items = await _read_and_decode(pred, request)
+        finally:
+            admitted -= 1
+        if isinstance(items, JSONResponse):
+            return items
+        try:
+            outputs = await asyncio.wait_for(batcher.submit(items), cfg.request_timeout_s)
+        except QueueFull as exc:
+            return error(503, f"server busy: {exc}", {"Retry-After": "1"})
+        except TimeoutError:
+            return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
+        return JSONResponse(pred.encode(outputs))
+
+    async def _read_and_decode(pred: Predictor, request: Request) -> list[Any] | JSONResponse:
         body = bytearray()
         try:
             async with asyncio.timeout(cfg.body_timeout_s):
@@ -327,34 +381,52 @@ def create_app(
                 {"Connection": "close"},
             )
         ctype = request.headers.get("content-type", "")
+        payload: Any = bytes(body)
         if ctype.startswith("multipart/form-data"):
             try:
-                payload: Any = await _parse_multipart(request.headers, bytes(body))
+                payload = await _parse_multipart(request.headers, payload)
             except Exception as exc:  # malformed multipart: the client's fault
                 return error(422, [{"loc": ["body"], "msg": f"invalid multipart body: {exc}"}])
-        else:
-            try:
-                payload = json.loads(body)
-            except RecursionError:
-                return error(422, [{"loc": ["body"], "msg": "invalid JSON: nested too deeply"}])
-            except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, int digit limit
-                return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
-        try:
-            items = await asyncio.to_thread(pred.decode, payload)
-        except RequestError as exc:
-            return error(422, exc.errors)
-        except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-            # a predictor's decode met input it did not expect: still the request's fault
-            return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
-        try:
-            outputs = await asyncio.wait_for(batcher.submit(items), cfg.request_timeout_s)
-        except QueueFull as exc:
-            return error(503, f"server busy: {exc}", {"Retry-After": "1"})
-        except TimeoutError:
-            return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
-        return JSONResponse(pred.encode(outputs))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(decode_pool, parse_and_decode, pred, ctype, payload)
 
     return app
+
+
+class _Gate:
+    """Pure ASGI middleware in front of every route: with an API key set only liveness is
+    open (docs, schema, readiness, metrics and models need the key), and while draining every
+    response carries ``Connection: close`` so keep-alive clients leave after their request.
+    (Starlette's ``BaseHTTPMiddleware`` would cost a task group and a body stream per request.)"""
+
+    def __init__(
+        self, app: ASGIApp, authorized: Callable[[Headers], bool], draining: threading.Event
+    ) -> None:
+        self.app, self.authorized, self.draining = app, authorized, draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["path"] != "/v1/health/live" and not self.authorized(Headers(scope=scope)):
+            resp = JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
+            await resp(scope, receive, self._closing(send))
+            return
+        await self.app(scope, receive, self._closing(send))
+
+    def _closing(self, send: Send) -> Send:
+        if not self.draining.is_set():
+            return send
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        return send_closing
 
 
 async def _parse_multipart(headers: Any, body: bytes) -> MultipartBody:

@@ -2,7 +2,8 @@
 
 Items wait in a bounded queue. A worker takes the first item, then keeps collecting until it
 has ``max_batch_size`` items or ``max_queue_delay_ms`` has passed since the first, runs the
-batch in a thread (the event loop stays free), and resolves each item's future. A request
+batch on the batcher's own model thread (the event loop stays free, and the model never waits
+behind other work in asyncio's shared thread pool), and resolves each item's future. A request
 whose items would overflow ``max_queue`` is refused at once with :class:`QueueFull` (the
 server answers 503 + Retry-After) instead of letting latency grow without bound. Items of a
 request that timed out are skipped. ``stop()`` drains what is queued before returning.
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +47,11 @@ class DynamicBatcher:
         self.on_batch = on_batch  # (batch size, queue waits in s) for metrics
         self._queue: asyncio.Queue[_Entry] | None = None
         self._task: asyncio.Task | None = None
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="dv-model")
         self._task = asyncio.create_task(self._worker())
 
     @property
@@ -95,7 +99,9 @@ class DynamicBatcher:
                 continue
             now = time.perf_counter()
             try:
-                outputs = await asyncio.to_thread(self.run_batch, [e.value for e in batch])
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.run_batch, [e.value for e in batch]
+                )
                 if len(outputs) != len(batch):
                     raise RuntimeError(
                         f"predict_batch returned {len(outputs)} outputs for {len(batch)} items"
@@ -121,3 +127,5 @@ class DynamicBatcher:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)

@@ -513,3 +513,224 @@ def test_a_body_that_never_arrives_is_a_408_and_connections_are_capped(model_dir
         while post(srv.url, "digits", {"inputs": [samples[0].tolist()]}).status_code != 200:
             assert time.monotonic() < deadline  # capacity comes back when they leave
             time.sleep(0.2)
+
+
+def _start_dv_serve(model_dir, *extra):
+    """``dv serve`` in a subprocess on a free port, once ready: ``(proc, port)``; its output
+    goes to a file (a pipe nobody reads would fill with access-log lines and block it)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from core.train.distributed import free_port
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "core.cli", "serve", str(model_dir), "--name", "digits"]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), *extra],
+        stdout=tempfile.TemporaryFile(),  # noqa: SIM115 (closed with the process)
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
+                return proc, port
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "dv serve never ready"
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_sigterm_under_16_keep_alive_clients_leaves_no_request_unanswered(model_dirs, samples):
+    """Each client keeps one connection and sends request after request. SIGTERM arrives
+    mid-stream: every request written to a connection gets a full response, the responses
+    during the drain say ``Connection: close``, and connections that were idle when the
+    signal came are still answered: readiness with 503, a prediction with 200."""
+    import http.client
+    import signal
+
+    proc, port = _start_dv_serve(model_dirs / "v1", "--drain-seconds", "5")
+    body = json.dumps({"inputs": [samples[0].tolist()]})
+    sent_after_term = threading.Event()
+    stats = {"ok": 0, "closed": 0, "lost": [], "after_close": []}
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.connect()
+        while True:
+            try:
+                conn.request("POST", "/v1/models/digits/predict", body)
+                resp = conn.getresponse()
+                data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:  # sent, never answered
+                with lock:
+                    stats["lost"].append(f"client {k}: {type(exc).__name__}: {exc}")
+                return
+            with lock:
+                stats["ok"] += resp.status == 200 and b"predictions" in data
+            if (resp.getheader("connection") or "").lower() == "close":
+                with lock:
+                    stats["closed"] += 1
+                sent_after_term.set()
+                break
+        conn.close()
+
+    # two more connections, opened before the signal and idle when it comes (the ones
+    # uvicorn's own shutdown closed at once): one asks for readiness, one for a prediction
+    idle = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(2)]
+    for c in idle:
+        c.connect()
+
+    def late_requests() -> None:
+        sent_after_term.wait(30)
+        idle[0].request("GET", "/v1/health/ready")
+        r = idle[0].getresponse()
+        ready = [r.status, json.loads(r.read())["status"], r.getheader("connection")]
+        idle[1].request("POST", "/v1/models/digits/predict", body)
+        r = idle[1].getresponse()
+        with lock:
+            stats["after_close"] = [*ready, r.status, r.getheader("connection")]
+        r.read()
+
+    try:
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+        threads.append(threading.Thread(target=late_requests))
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        assert stats["ok"] > 16  # the clients really were busy when the signal came
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert stats["lost"] == []
+    assert stats["closed"] == 16  # every client was told to leave, none was cut off
+    assert stats["after_close"] == [503, "draining", "close", 200, "close"]
+    assert code in (0, -signal.SIGTERM)
+
+
+def test_headers_must_arrive_within_the_header_timeout(model_dirs, samples):
+    """A client that connects and sends nothing, and one that trickles its headers, are both
+    cut off after ``header_timeout_s`` (trickling does not extend it); a kept-alive connection
+    is on the clock again from its next request's first byte."""
+    import socket
+
+    cfg = ServeConfig(header_timeout_s=1.0)
+    app = create_app(ModelDirPredictor(model_dirs / "v1", name="digits"), cfg)
+
+    def read_all(s: socket.socket) -> bytes:
+        reply = b""
+        while chunk := s.recv(4096):
+            reply += chunk
+        return reply
+
+    def read_one(s: socket.socket) -> bytes:  # one response on a kept-alive connection
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += s.recv(4096)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(body) < size:
+            body += s.recv(4096)
+        return head
+
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        t0 = time.monotonic()
+        with socket.create_connection((srv.host, srv.port), timeout=10) as silent:
+            assert read_all(silent).startswith(b"HTTP/1.1 408")
+        assert 0.8 < time.monotonic() - t0 < 5
+        with socket.create_connection((srv.host, srv.port), timeout=10) as trickle:
+            t0 = time.monotonic()
+            closed = False
+            for ch in b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: 1234567890":
+                try:
+                    trickle.sendall(bytes([ch]))
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.05)
+                if time.monotonic() - t0 > 4:
+                    break
+            reply = b"" if closed else read_all(trickle)
+            assert closed or reply.startswith(b"HTTP/1.1 408")
+            assert b"headers not received within 1 s" in reply or closed
+            assert time.monotonic() - t0 < 4
+        # keep-alive: a complete request, an idle pause below the keep-alive timeout, then a
+        # second complete request on the same connection is answered normally
+        with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+            req = b"GET /v1/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+            s.sendall(req)
+            assert read_one(s).startswith(b"HTTP/1.1 200")
+            time.sleep(0.6)
+            s.sendall(req)
+            assert read_one(s).startswith(b"HTTP/1.1 200")
+            s.sendall(b"GET /v1/health/live HTTP/1.1\r\n")  # then stalls
+            assert read_all(s).startswith(b"HTTP/1.1 408")
+
+
+def test_overload_is_shed_at_admission_before_the_body_is_read(model_dirs, samples):
+    """With the queue full, a request whose body never arrives is answered 503 at once (before
+    its body is read), not 408 after the body timeout."""
+    import socket
+
+    pred = Slow(model_dirs / "v1", name="digits", batch_s=1.5)
+    cfg = ServeConfig(max_batch_size=1, max_queue=2, body_timeout_s=8.0)
+    app = create_app(pred, cfg)
+    ok = {"inputs": [samples[0].tolist()]}
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        with cf.ThreadPoolExecutor(3) as ex:
+            busy = [ex.submit(post, srv.url, "digits", ok) for _ in range(3)]
+            deadline = time.monotonic() + 10
+            while app.state.batcher.depth < 2:  # one running, two queued
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            with socket.create_connection((srv.host, srv.port), timeout=10) as s:
+                t0 = time.monotonic()
+                s.sendall(
+                    b"POST /v1/models/digits/predict HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+                )
+                reply = ""
+                while "\r\n\r\n" not in reply or not reply.endswith("}"):
+                    reply += s.recv(4096).decode()
+                waited = time.monotonic() - t0
+            assert reply.startswith("HTTP/1.1 503") and "retry-after: 1" in reply.lower()
+            assert "server busy" in reply and waited < 1.0
+            assert [f.result().status_code for f in busy] == [200, 200, 200]
+
+
+def test_model_and_decoding_run_on_their_own_threads(model_dirs, samples):
+    """Batches run on the batcher's model thread and bodies are decoded on the decode pool,
+    not in asyncio's shared default pool (where each would wait behind the other)."""
+    seen: dict[str, set[str]] = {"decode": set(), "batch": set()}
+
+    class Where(ModelDirPredictor):
+        def decode(self, body):
+            seen["decode"].add(threading.current_thread().name)
+            return super().decode(body)
+
+        def predict_batch(self, items):
+            seen["batch"].add(threading.current_thread().name)
+            return super().predict_batch(items)
+
+    app = create_app(Where(model_dirs / "v1", name="digits"), ServeConfig(decode_workers=2))
+    with BackgroundServer(app) as srv:
+        wait_ready(srv.url)
+        with cf.ThreadPoolExecutor(8) as ex:
+            futs = [
+                ex.submit(post, srv.url, "digits", {"inputs": [samples[i].tolist()]})
+                for i in range(24)
+            ]
+            assert {f.result().status_code for f in futs} == {200}
+    assert seen["batch"] and all(n.startswith("dv-model") for n in seen["batch"])
+    assert len(seen["batch"]) == 1  # one model thread: batches never run concurrently
+    assert seen["decode"] and all(n.startswith("dv-decode") for n in seen["decode"])
