@@ -1,6 +1,7 @@
 """core.serve: the HTTP model server (dynamic batching, limits, metrics, health, hot reload)."""
 
 from core.serve.app import ModelHandle, ServeConfig, create_app
+from core.serve.batcher import length_groups
 from core.serve.predictor import ModelDirPredictor, Predictor, RequestError
 
 __all__ = [
@@ -10,4 +11,5 @@ __all__ = [
     "RequestError",
     "ServeConfig",
     "create_app",
+    "length_groups",
 ]

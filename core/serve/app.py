@@ -240,7 +240,28 @@ def create_app(
     def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
-    app.add_middleware(_Gate, authorized=authorized, draining=draining)
+    def count(name: str, status: int, seconds: float) -> None:
+        # only the served model's name labels metrics: names from URLs would let any client
+        # create series without bound
+        served = handle.current
+        label = served.name if served is not None and name == served.name else "unknown"
+        metrics.requests.labels(label, str(status)).inc()
+        metrics.latency.labels(label).observe(seconds)
+
+    def shed(scope: Scope) -> bytes | None:
+        """The 503 body for a prediction the queue cannot take, else None. Checked before
+        routing, so overload costs no body read, parse or decode, and as little as a request
+        can cost (measured: the flood of 503s under 400 clients is what starves the model)."""
+        if scope["method"] != "POST" or not scope["path"].endswith("/predict"):
+            return None
+        depth = batcher.depth
+        if depth + admitted < cfg.max_queue:
+            return None
+        count(scope["path"].removeprefix("/v1/models/").removesuffix("/predict"), 503, 0.0)
+        msg = f"server busy: {depth} items queued and {admitted} requests admitted (limit {cfg.max_queue})"
+        return json.dumps({"detail": msg}).encode()
+
+    app.add_middleware(_Gate, authorized=authorized, draining=draining, shed=shed)
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
@@ -297,12 +318,7 @@ def create_app(
         except Exception as exc:  # a failed batch or a predictor bug: answered and counted
             log.exception("prediction failed")
             resp = error(500, f"prediction failed ({type(exc).__name__})")
-        # only the served model's name labels metrics: names from URLs would let any client
-        # create series without bound
-        served = handle.current
-        label = served.name if served is not None and name == served.name else "unknown"
-        metrics.requests.labels(label, str(resp.status_code)).inc()
-        metrics.latency.labels(label).observe(time.perf_counter() - t0)
+        count(name, resp.status_code, time.perf_counter() - t0)
         return resp
 
     def parse_and_decode(pred: Predictor, ctype: str, body: Any) -> list[Any] | JSONResponse:
@@ -338,14 +354,6 @@ def create_app(
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
             return error(
                 413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
-            )
-        # shed at admission: a request the queue cannot take costs no body read, parse or decode
-        if batcher.depth + admitted >= cfg.max_queue:
-            return error(
-                503,
-                f"server busy: {batcher.depth} items queued and {admitted} requests admitted "
-                f"(limit {cfg.max_queue})",
-                {"Retry-After": "1"},
             )
         admitted += 1
         try:
@@ -395,14 +403,19 @@ def create_app(
 
 class _Gate:
     """Pure ASGI middleware in front of every route: with an API key set only liveness is
-    open (docs, schema, readiness, metrics and models need the key), and while draining every
-    response carries ``Connection: close`` so keep-alive clients leave after their request.
+    open (docs, schema, readiness, metrics and models need the key); a prediction the queue
+    cannot take is answered 503 here, before routing; and while draining every response
+    carries ``Connection: close`` so keep-alive clients leave after their request.
     (Starlette's ``BaseHTTPMiddleware`` would cost a task group and a body stream per request.)"""
 
     def __init__(
-        self, app: ASGIApp, authorized: Callable[[Headers], bool], draining: threading.Event
+        self,
+        app: ASGIApp,
+        authorized: Callable[[Headers], bool],
+        draining: threading.Event,
+        shed: Callable[[Scope], bytes | None],
     ) -> None:
-        self.app, self.authorized, self.draining = app, authorized, draining
+        self.app, self.authorized, self.draining, self.shed = app, authorized, draining, shed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -411,6 +424,17 @@ class _Gate:
         if scope["path"] != "/v1/health/live" and not self.authorized(Headers(scope=scope)):
             resp = JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
             await resp(scope, receive, self._closing(send))
+            return
+        busy = self.shed(scope)
+        if busy is not None:  # 503 before routing: the body is never read
+            send = self._closing(send)
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(busy)).encode()),
+                (b"retry-after", b"1"),
+            ]
+            await send({"type": "http.response.start", "status": 503, "headers": headers})
+            await send({"type": "http.response.body", "body": busy})
             return
         await self.app(scope, receive, self._closing(send))
 

@@ -31,7 +31,11 @@ import time
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+try:  # httptools' C parser where installed (a dependency), else h11
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _HTTP
+except ImportError:  # pragma: no cover
+    from uvicorn.protocols.http.h11_impl import H11Protocol as _HTTP
 
 log = logging.getLogger("core.serve")
 
@@ -41,8 +45,9 @@ _408 = (
 )
 
 
-class _HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers."""
+class _HeaderTimeout(_HTTP):
+    """uvicorn's HTTP protocol with a deadline for each request's headers (both of uvicorn's
+    protocols make ``self.cycle`` when a request's headers are complete)."""
 
     header_timeout_s: float = 10.0
 
@@ -65,7 +70,7 @@ class _HeaderTimeoutH11(H11Protocol):
         if before is None or before.response_complete:
             self._arm()  # the first bytes of a request: its headers are on the clock
         super().data_received(data)
-        if self.cycle is not before:  # h11 produced a Request: headers complete
+        if self.cycle is not before:  # the parser produced a request: headers complete
             self._disarm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -81,8 +86,8 @@ class _HeaderTimeoutH11(H11Protocol):
         self.transport.close()
 
 
-def _protocol(header_timeout_s: float) -> type[H11Protocol]:
-    return type("HeaderTimeoutH11", (_HeaderTimeoutH11,), {"header_timeout_s": header_timeout_s})
+def _protocol(header_timeout_s: float) -> type[_HTTP]:
+    return type("HeaderTimeoutHTTP", (_HeaderTimeout,), {"header_timeout_s": header_timeout_s})
 
 
 class DrainingServer(uvicorn.Server):
@@ -124,11 +129,18 @@ def _config(app: Any, graceful_s: float, **kw: Any) -> uvicorn.Config:
     return uvicorn.Config(app, timeout_graceful_shutdown=graceful_s, **limits, **kw)
 
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 8080, graceful_s: float = 30.0) -> None:
+def serve(
+    app: Any,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    graceful_s: float = 30.0,
+    access_log: bool = True,
+) -> None:
     """Serve until SIGINT/SIGTERM: drain (``ServeConfig.drain_s``), then in-flight requests get
     ``graceful_s`` to finish. Beyond ``ServeConfig.max_connections`` concurrent connections,
     uvicorn answers 503."""
-    DrainingServer(_config(app, graceful_s, host=host, port=port, log_level="info"), app).run()
+    cfg = _config(app, graceful_s, host=host, port=port, log_level="info", access_log=access_log)
+    DrainingServer(cfg, app).run()
 
 
 class BackgroundServer:
