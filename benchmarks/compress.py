@@ -12,7 +12,10 @@ Model: torchvision ResNet-18 (1-channel 3x3 stem) trained on scikit-learn digits
    beside it.
 4. QAT vs PTQ accuracy (pt2e INT8, same model, same bit width).
 
-Latency: median of 30 runs after 5 warm-ups, 2 intra-op threads. Run:
+Latency: the peers of each comparison are timed in one interleaved run
+(``core.compress.report.interleaved_latency``: 6 rounds of 10 timed calls each, in rotating
+order, after 3 untimed ones; medians), 2 intra-op threads, so a slow spell of the machine
+hits every peer alike. Run:
 ``.venv/bin/python benchmarks/compress.py [--quick]``.
 """
 
@@ -45,10 +48,8 @@ from core.compress.quantize import (
 from core.compress.report import (
     count_macs,
     count_params,
-    median_latency,
-    ort_latency,
+    interleaved_latency,
     ort_session,
-    torch_latency,
 )
 from core.reference.digits import load_digits_splits
 from core.train import Trainer, TrainerConfig, accuracy, seed_everything
@@ -111,10 +112,11 @@ def bench_static_int8(model: nn.Module, splits, tmp: Path) -> dict:
     fp, qs = ort_session(tmp / "fp32.onnx", THREADS), ort_session(q_path, THREADS)
     lat = {}
     for name, x in (("b1", x1), ("b8", x8)):
-        lat[name] = {
-            "fp32_ms": ort_latency(fp, x.numpy()) * 1e3,
-            "int8_ms": ort_latency(qs, x.numpy()) * 1e3,
-        }
+        feed = {fp.get_inputs()[0].name: x.numpy()}
+        t = interleaved_latency(
+            {"fp32": lambda f=feed: fp.run(None, f), "int8": lambda f=feed: qs.run(None, f)}
+        )
+        lat[name] = {"fp32_ms": t["fp32"] * 1e3, "int8_ms": t["int8"] * 1e3}
         lat[name]["speedup"] = lat[name]["fp32_ms"] / lat[name]["int8_ms"]
     fp32_acc = ort_acc(tmp / "fp32.onnx", splits["test"])
     size_fp32, size_int8 = (tmp / "fp32.onnx").stat().st_size, q_path.stat().st_size
@@ -146,18 +148,26 @@ def _torch_pruning(model: nn.Module, example: torch.Tensor, ratio: float) -> nn.
     return model
 
 
+def _torch_interleaved(fns: dict) -> dict[str, float]:
+    """:func:`interleaved_latency` under inference mode at the benchmark's thread count."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        with torch.inference_mode():
+            return interleaved_latency(fns)
+    finally:
+        torch.set_num_threads(prev)
+
+
 def bench_pruning(model: nn.Module, splits, epochs: int) -> dict:
     x1, x8 = splits["test"][:1][0], splits["test"][:8][0]
     base = {
         "accuracy": torch_acc(model, splits["test"]),
         "macs": count_macs(model, x1),
         "params": count_params(model),
-        "latency_ms": {
-            "b1": torch_latency(model, x1, THREADS) * 1e3,
-            "b8": torch_latency(model, x8, THREADS) * 1e3,
-        },
     }
-    out = {"baseline": base, "ratio": 0.5, "fine_tune_epochs": epochs}
+    out: dict = {"baseline": base, "ratio": 0.5, "fine_tune_epochs": epochs}
+    models = {"baseline": model}
     for name in ("ours", "torch_pruning"):
         m = copy.deepcopy(model)
         if name == "ours":
@@ -171,15 +181,21 @@ def bench_pruning(model: nn.Module, splits, epochs: int) -> dict:
             "accuracy": torch_acc(m, splits["test"]),
             "macs": count_macs(m, x1),
             "params": count_params(m),
-            "latency_ms": {
-                "b1": torch_latency(m, x1, THREADS) * 1e3,
-                "b8": torch_latency(m, x8, THREADS) * 1e3,
-            },
         }
         r["mac_reduction"] = base["macs"] / r["macs"]
-        r["speedup"] = {k: base["latency_ms"][k] / r["latency_ms"][k] for k in ("b1", "b8")}
         r["accuracy_drop_points"] = 100 * (base["accuracy"] - r["accuracy"])
-        out[name] = r
+        out[name], models[name] = r, m
+    # the three models timed in one interleaved run, so a slow spell hits all alike
+    for v in models.values():
+        v.eval()
+    for b, x in (("b1", x1), ("b8", x8)):
+        t = _torch_interleaved({n: (lambda v=v, x=x: v(x)) for n, v in models.items()})
+        for n in models:
+            out[n].setdefault("latency_ms", {})[b] = t[n] * 1e3
+    for n in ("ours", "torch_pruning"):
+        out[n]["speedup"] = {
+            k: base["latency_ms"][k] / out[n]["latency_ms"][k] for k in ("b1", "b8")
+        }
     out["targets"] = {"mac_reduction_min": 3.0, "speedup_min": 1.8, "accuracy_drop_max_points": 1.0}
     return out
 
@@ -255,18 +271,15 @@ def bench_minilm(tmp: Path) -> dict:
     lat = {}
     for name, n in (("b1", 1), ("b8", 8)):
         f, ii = feeds(n), (ids[:n], mask[:n])
-        prev = torch.get_num_threads()
-        torch.set_num_threads(THREADS)
-        with torch.inference_mode():
-            t_fp = median_latency(lambda ii=ii: emb(*ii), repeats=15)
-            t_q = median_latency(lambda ii=ii: torch_q(*ii), repeats=15)
-        torch.set_num_threads(prev)
-        lat[name] = {
-            "ort_fp32_ms": median_latency(lambda f=f: fp.run(None, f), repeats=15) * 1e3,
-            "ort_int8_ms": median_latency(lambda f=f: qs.run(None, f), repeats=15) * 1e3,
-            "torch_fp32_ms": t_fp * 1e3,
-            "torch_ao_int8_ms": t_q * 1e3,
-        }
+        t = _torch_interleaved(
+            {
+                "ort_fp32": lambda f=f: fp.run(None, f),
+                "ort_int8": lambda f=f: qs.run(None, f),
+                "torch_fp32": lambda ii=ii: emb(*ii),
+                "torch_ao_int8": lambda ii=ii: torch_q(*ii),
+            }
+        )
+        lat[name] = {f"{k}_ms": v * 1e3 for k, v in t.items()}
         lat[name]["ort_speedup"] = lat[name]["ort_fp32_ms"] / lat[name]["ort_int8_ms"]
         lat[name]["torch_ao_speedup"] = lat[name]["torch_fp32_ms"] / lat[name]["torch_ao_int8_ms"]
     return {

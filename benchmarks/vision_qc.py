@@ -201,7 +201,8 @@ def main() -> None:
         "test": {
             "map50": report.map50,
             "map": report.map,
-            "per_class_ap": report.per_class_ap,
+            "per_class_ap50": report.per_class_ap50,
+            "per_class_ap_50_95": report.per_class_ap_50_95,
             "threshold": report.threshold,
             "threshold_rule": report.threshold_rule,
             "detection_rate": report.detection_rate,

@@ -15,9 +15,14 @@ from core.errors import ConfigError, DVError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+OWN_LOGGERS = ("core", "pipelines", "flows")
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr through rich on a terminal, plain lines otherwise."""
-    level = logging.DEBUG if verbose else logging.INFO
+    """Log to stderr through rich on a terminal, plain lines otherwise: the project's own
+    loggers at INFO, everything else at WARNING (ONNX and ONNX Runtime tooling write hundreds
+    of INFO lines per export, which buried a command's result). ``verbose``: all at DEBUG."""
+    level = logging.DEBUG if verbose else logging.WARNING
     if sys.stderr.isatty():
         from rich.logging import RichHandler
 
@@ -27,6 +32,8 @@ def setup_logging(verbose: bool = False) -> None:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def exits_on_error(fn: F) -> F:

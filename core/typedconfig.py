@@ -188,3 +188,15 @@ def build(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         )
     with _nested(prefix):
         return cls(**data)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base`` (neither is changed): where both hold a dict under one
+    key they merge key by key, anything else in ``override`` replaces. So a partial config
+    section (``{"trainer": {"max_epochs": 4}}``) keeps every default it does not name."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = (
+            deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        )
+    return out

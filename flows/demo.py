@@ -87,6 +87,12 @@ def vision_qc_demo() -> dict:
     t.add_row("registry", f"{s['model_name']} v{s['version']} ({s['alias']})")
     t.add_row("INT8 model", s["int8_dir"])
     Console().print(t)
+    Console().print(
+        "This is demo scale (two surfaces, 48 normal training images, a few minutes). The "
+        "full-scale vision_qc benchmark (three surfaces, 510 test images, ~15 min on 2 cores; "
+        "figures in README.md and benchmarks/results/vision_qc.json):\n"
+        "  .venv/bin/python benchmarks/vision_qc.py"
+    )
     return s
 
 

@@ -144,7 +144,10 @@ def vision_qc_flow(
     sizes = split(data)
     trained = train(tcfg)
     rep = evaluate(
-        trained["model_dir"], EvalConfig(data=data, out_dir=str(root / "eval"), rule=threshold_rule)
+        trained["model_dir"],
+        EvalConfig(
+            data=data, out_dir=str(root / "eval"), rule=threshold_rule, write_threshold=True
+        ),
     )
     parity = compress(trained["model_dir"], data, dcfg)
     drop = parity_gate(parity)
@@ -179,7 +182,8 @@ def vision_qc_flow(
         "train_steps": trained["steps"],
         "map50": rep["map50"],
         "map": rep["map"],
-        "per_class_ap": rep["per_class_ap"],
+        "per_class_ap50": rep["per_class_ap50"],
+        "per_class_ap_50_95": rep["per_class_ap_50_95"],
         "threshold": rep["threshold"],
         "detection_rate": rep["detection_rate"],
         "false_alarm_rate": rep["false_alarm_rate"],

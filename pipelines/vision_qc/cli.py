@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from core.cliutil import exits_on_error, read_json_config, setup_logging
+from core.typedconfig import build
 
 app = typer.Typer(
     help="Industrial defect detection: synthesise, train, evaluate, compress, predict, serve.",
@@ -30,11 +31,28 @@ app = typer.Typer(
 )
 
 DataOpt = Annotated[
-    Path, typer.Option("--data", help="data set root (MVTec folder(s), or COCO/YOLO root)")
+    Path | None,
+    typer.Option(
+        "--data",
+        help="data set root (MVTec folder(s), or COCO/YOLO root); default: the config's "
+        "data.root, else $DV_DATA_ROOT/vision_qc/synth",
+    ),
 ]
-FormatOpt = Annotated[str, typer.Option("--format", help="mvtec | coco | yolo")]
+FormatOpt = Annotated[
+    str | None, typer.Option("--format", help="mvtec | coco | yolo (default: mvtec)")
+]
 ClassesOpt = Annotated[
     str | None, typer.Option(help="comma-separated defect classes (default: the five synthetic)")
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(help="JSON with the stage's config fields; its data section is kept too"),
+]
+TestSetOpt = Annotated[
+    bool,
+    typer.Option(
+        "--test-set", help="the whole data set is a test set (no training or validation part)"
+    ),
 ]
 
 
@@ -45,12 +63,43 @@ def _main(
     setup_logging(verbose)
 
 
-def _data(data: Path, fmt: str, classes: str | None) -> Any:
+def _under_data_root(*parts: str) -> Path:
+    """A default path under ``$DV_DATA_ROOT`` (``./data`` when unset)."""
+    from core.paths import data_root
+
+    return data_root().joinpath(*parts)
+
+
+def _stage_config(config: Path | None, out: Path | None, stage: str) -> dict[str, Any]:
+    """A stage's config fields from ``--config`` (``{}`` without), ``out_dir`` set from
+    ``--out``, else the file's, else ``$DV_DATA_ROOT/runs/vision_qc/<stage>``."""
+    kw = read_json_config(config)
+    if out is not None or "out_dir" not in kw:
+        kw["out_dir"] = str(out or _under_data_root("runs", "vision_qc", stage))
+    return kw
+
+
+def _data(
+    base: dict[str, Any] | None,
+    data: Path | None,
+    fmt: str | None,
+    classes: str | None,
+    test_set: bool = False,
+) -> Any:
+    """The stage's DataConfig: the config file's ``data`` section with the options given on
+    the command line laid over it (an option left out keeps the file's value)."""
     from pipelines.vision_qc.config import DataConfig
 
-    kw: dict[str, Any] = {"root": str(data), "format": fmt}
+    kw: dict[str, Any] = dict(base or {})
+    if data is not None:
+        kw["root"] = str(data)
+    kw.setdefault("root", str(_under_data_root("vision_qc", "synth")))
+    if fmt is not None:
+        kw["format"] = fmt
     if classes:
         kw["classes"] = tuple(c.strip() for c in classes.split(",") if c.strip())
+    if test_set:
+        kw["test_only"] = True
     return DataConfig(**kw)
 
 
@@ -76,9 +125,10 @@ def _progress(label: str) -> Any:
 @app.command()
 @exits_on_error
 def synth(
-    out: Annotated[Path, typer.Option(help="data set root to write")] = Path(
-        "data/vision_qc/synth"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="data set root to write (default: $DV_DATA_ROOT/vision_qc/synth)"),
+    ] = None,
     surfaces: Annotated[
         str, typer.Option(help="comma-separated surfaces (MVTec categories)")
     ] = "brushed_metal,wood_grain,pcb",
@@ -92,6 +142,7 @@ def synth(
     from pipelines.vision_qc.config import SynthConfig
     from pipelines.vision_qc.synth import write_dataset
 
+    out = out or _under_data_root("vision_qc", "synth")
     cfg = SynthConfig(
         out_dir=str(out),
         surfaces=tuple(s.strip() for s in surfaces.split(",") if s.strip()),
@@ -110,12 +161,13 @@ def synth(
 @app.command()
 @exits_on_error
 def train(
-    data: DataOpt = Path("data/vision_qc/synth"),
-    fmt: FormatOpt = "mvtec",
+    data: DataOpt = None,
+    fmt: FormatOpt = None,
     classes: ClassesOpt = None,
-    out: Annotated[Path, typer.Option(help="model directory to write")] = Path(
-        "data/runs/vision_qc/model"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(help="model directory to write (default: $DV_DATA_ROOT/runs/vision_qc/model)"),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="max epochs")] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per step")] = None,
     backbone: Annotated[str | None, typer.Option(help="timm backbone")] = None,
@@ -123,22 +175,30 @@ def train(
         Path | None, typer.Option(help="local .safetensors with backbone weights")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="JSON with TrainConfig fields (trainer, model, ...)")
+        Path | None,
+        typer.Option(
+            help="JSON with TrainConfig fields (data, trainer, model, ...); partial sections "
+            "keep the defaults they do not name"
+        ),
     ] = None,
     checkpoint_dir: Annotated[Path | None, typer.Option(help="checkpoints here")] = None,
     resume: Annotated[str | None, typer.Option(help="'auto' or a checkpoint directory")] = None,
     overwrite_checkpoints: Annotated[
         bool, typer.Option(help="delete another run's checkpoints in --checkpoint-dir")
     ] = False,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="random seed (default: the config's, or 0)")
+    ] = None,
 ) -> None:
     """Train the detector (FCOS + timm FPN) and write a model directory."""
     from pipelines.vision_qc.train import TrainConfig
     from pipelines.vision_qc.train import train as run
 
-    cfg = TrainConfig(**{**read_json_config(config), "out_dir": str(out), "seed": seed})
-    cfg.data = _data(data, fmt, classes)
-    cfg.model.num_classes = len(cfg.data.classes)
+    file_cfg = _stage_config(config, out, "model")
+    file_cfg["data"] = _data(file_cfg.get("data"), data, fmt, classes)
+    if seed is not None:
+        file_cfg["seed"] = seed
+    cfg = build(TrainConfig, file_cfg)
     if backbone:
         cfg.model.backbone = backbone
     if pretrained:
@@ -163,77 +223,105 @@ def train(
 @exits_on_error
 def evaluate(
     model_dir: Annotated[Path, typer.Argument(help="model directory (PyTorch or ONNX)")],
-    data: DataOpt = Path("data/vision_qc/synth"),
-    fmt: FormatOpt = "mvtec",
+    data: DataOpt = None,
+    fmt: FormatOpt = None,
     classes: ClassesOpt = None,
-    out: Annotated[Path, typer.Option(help="metrics.json and plots here")] = Path(
-        "data/runs/vision_qc/eval"
-    ),
-    rule: Annotated[str, typer.Option(help="threshold rule: f1 | far")] = "f1",
-    target_far: Annotated[float, typer.Option(help="false-alarm target (rule far)")] = 0.02,
+    test_set: TestSetOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="metrics.json and plots here (default: $DV_DATA_ROOT/runs/vision_qc/eval)"
+        ),
+    ] = None,
+    rule: Annotated[str | None, typer.Option(help="threshold rule: f1 | far")] = None,
+    target_far: Annotated[float | None, typer.Option(help="false-alarm target (rule far)")] = None,
+    write_threshold: Annotated[
+        bool, typer.Option(help="store the chosen threshold in the model directory")
+    ] = False,
+    config: ConfigOpt = None,
 ) -> None:
-    """COCO mAP, per-class AP, detection and false-alarm rates; stores the threshold."""
+    """COCO mAP, per-class AP, detection and false-alarm rates. Changes nothing in the model
+    unless --write-threshold is given."""
     from pipelines.vision_qc.evaluate import EvalConfig
     from pipelines.vision_qc.evaluate import evaluate as run
 
-    cfg = EvalConfig(
-        data=_data(data, fmt, classes), out_dir=str(out), rule=rule, target_far=target_far
-    )
-    bar, update = _progress("evaluating")
+    kw = _stage_config(config, out, "eval")
+    kw["data"] = _data(kw.get("data"), data, fmt, classes, test_set)
+    for k, v in (("rule", rule), ("target_far", target_far)):
+        if v is not None:
+            kw[k] = v
+    if write_threshold:
+        kw["write_threshold"] = True
+    cfg = build(EvalConfig, kw)
+    bar, update = _progress("evaluating (validation + test images)")
     with bar:
         rep = run(model_dir, cfg, progress=update)
+    shown = ("map", "map50", "threshold", "detection_rate", "false_alarm_rate")
+    typer.echo(json.dumps({k: v for k, v in rep.to_json().items() if k in shown}))
+    typer.echo(f"threshold {rep.threshold:.3f}: {rep.threshold_rule}")
     typer.echo(
-        json.dumps(
-            {
-                k: v
-                for k, v in rep.to_json().items()
-                if k in ("map", "map50", "threshold", "detection_rate", "false_alarm_rate")
-            }
-        )
+        "stored in the model directory"
+        if cfg.write_threshold
+        else "model directory unchanged (--write-threshold stores the threshold)"
     )
-    typer.echo(f"metrics and plots: {out}")
+    typer.echo(f"metrics and plots: {cfg.out_dir}")
 
 
 @app.command()
 @exits_on_error
 def compress(
     model_dir: Annotated[Path, typer.Argument(help="trained model directory")],
-    data: DataOpt = Path("data/vision_qc/synth"),
-    fmt: FormatOpt = "mvtec",
+    data: DataOpt = None,
+    fmt: FormatOpt = None,
     classes: ClassesOpt = None,
-    out: Annotated[Path, typer.Option(help="fp32/, int8/ and parity.json here")] = Path(
-        "data/runs/vision_qc/deploy"
-    ),
-    prune_ratio: Annotated[float, typer.Option(help="channel pruning of the backbone")] = 0.0,
+    test_set: TestSetOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="fp32/, int8/ and parity.json here (default: $DV_DATA_ROOT/runs/vision_qc/deploy)"
+        ),
+    ] = None,
+    prune_ratio: Annotated[
+        float | None, typer.Option(help="channel pruning of the backbone (default 0)")
+    ] = None,
     calibration: Annotated[
-        str, typer.Option(help="minmax | percentile | entropy | mse")
-    ] = "minmax",
-    max_drop: Annotated[float, typer.Option(help="gate: allowed INT8 mAP@.5 drop")] = 0.01,
+        str | None, typer.Option(help="minmax | percentile | entropy | mse (default minmax)")
+    ] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="gate: allowed INT8 mAP@.5 drop (default 0.01)")
+    ] = None,
     int8_scope: Annotated[
-        str, typer.Option(help="INT8 convolutions: backbone | backbone+fpn | all")
-    ] = "backbone+fpn",
+        str | None,
+        typer.Option(
+            help="INT8 convolutions: backbone | backbone+fpn | all (default backbone+fpn)"
+        ),
+    ] = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Fuse, (prune,) export fp32 and INT8 ONNX, and report parity on the test images."""
+    """Fuse, (prune,) export fp32 and INT8 ONNX, and report parity on the test images.
+    Calibration uses the training images, or the held-out ones where there are none."""
     from pipelines.vision_qc.data import load_dataset
     from pipelines.vision_qc.deploy import DeployConfig
     from pipelines.vision_qc.deploy import deploy as _deploy
     from pipelines.vision_qc.train import partition
 
-    dcfg = _data(data, fmt, classes)
-    parts = partition(load_dataset(dcfg), dcfg)
+    kw = _stage_config(config, out, "deploy")
+    dcfg = _data(kw.pop("data", None), data, fmt, classes, test_set)
+    given = {
+        "prune_ratio": prune_ratio,
+        "calibration": calibration,
+        "max_map50_drop": max_drop,
+        "int8_scope": int8_scope,
+    }
+    kw.update({k: v for k, v in given.items() if v is not None})  # options win over the file
+    deploy_cfg = build(DeployConfig, kw)
+    parts = partition(load_dataset(dcfg), dcfg, need_train=False)
+    calib = parts["train"] or parts["val"] + parts["test"]
+    if not parts["train"]:
+        typer.echo(f"no training images: calibrating on the {len(calib)} held-out images")
     with _status("fusing, exporting, quantizing and checking parity"):
-        rep = _deploy(
-            model_dir,
-            parts["train"],
-            parts["test"],
-            DeployConfig(
-                out_dir=str(out),
-                prune_ratio=prune_ratio,
-                calibration=calibration,
-                max_map50_drop=max_drop,
-                int8_scope=int8_scope,
-            ),
-        )
+        rep = _deploy(model_dir, calib, parts["test"], deploy_cfg)
+    out = Path(deploy_cfg.out_dir)
     for v in rep.variants:
         typer.echo(
             f"{v.name:11s} mAP@.5 {v.map50:.4f}  mAP {v.map:.4f}  box agreement {v.box_agreement:.3f}"
@@ -283,11 +371,27 @@ def predict(
         model_dir, threshold=threshold, tile={"auto": None, "on": True, "off": False}[tile]
     )
     results: dict[str, Any] = {}
+    bad: dict[str, str] = {}
+
+    def one_by_one(chunk: list[Path]) -> list[tuple[Path, Any]]:
+        pairs = []
+        for f in chunk:
+            try:
+                pairs.append((f, det.detect(f)))
+            except DataError as exc:  # reported at the end; the other images go on
+                bad[str(f)] = str(exc)
+                results[str(f)] = {"error": str(exc)}
+        return pairs
+
     bar, update = _progress("predicting")
     with bar:
         for i in range(0, len(files), 8):
             chunk = files[i : i + 8]
-            for f, r in zip(chunk, det.detect_batch(chunk), strict=True):
+            try:
+                pairs = list(zip(chunk, det.detect_batch(chunk), strict=True))
+            except DataError:  # one bad file in the chunk: find it, keep the others
+                pairs = one_by_one(chunk)
+            for f, r in pairs:
                 results[str(f)] = r
                 if draw is not None:
                     draw_detections(f, r["detections"], draw / f"{f.stem}.png")
@@ -298,10 +402,18 @@ def predict(
 
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, text)
-        flagged = sum(r["defective"] for r in results.values())
-        typer.echo(f"{len(results)} images, {flagged} defective; predictions: {out}")
+        flagged = sum(bool(r.get("defective")) for r in results.values())
+        typer.echo(f"{len(results) - len(bad)} images, {flagged} defective; predictions: {out}")
     else:
         typer.echo(text)
+    if bad:
+        for why in bad.values():
+            typer.echo(f"skipped {why}", err=True)
+        raise DataError(
+            f"{len(bad)} of {len(files)} images could not be read (the others were predicted)",
+            where=next(iter(bad)),
+            fix="fix or remove the files named above",
+        )
 
 
 @app.command()

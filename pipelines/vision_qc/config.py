@@ -55,6 +55,7 @@ class DataConfig:
     val_fraction: float = 0.5  # of the held-out images, used to pick the threshold
     seed: int = 0  # split seed
     extra: dict[str, str] = field(default_factory=dict)  # format options (coco json, yolo dirs)
+    test_only: bool = False  # the whole set is a test set: no training, no validation split
 
     def __post_init__(self) -> None:
         if self.format not in ("mvtec", "coco", "yolo"):

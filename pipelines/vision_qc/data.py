@@ -25,6 +25,26 @@ from core.errors import DataError
 from pipelines.vision_qc.config import DataConfig
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MIN_SIDE = 8  # px: smaller images are refused, not scored
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def full_range(a: np.ndarray) -> np.ndarray:
+    """A 16-bit (or wider) grayscale array as float in [0, 1]: divided by 4095 when every
+    value fits 12 bits (12-bit sensors store into 16-bit files), else by 65535."""
+    a = np.asarray(a, dtype=np.float64)
+    top = 4095.0 if a.size and a.max() <= 4095 else 65535.0
+    return np.clip(a / top, 0.0, 1.0)
+
+
+def rgb8(im: Image.Image) -> Image.Image:
+    """8-bit RGB from any PIL image. 16-bit grayscale PNG/TIFF (modes ``I;16``, ``I``) is scaled
+    to the full range by :func:`full_range`, where PIL's ``convert("RGB")`` clips it at 255 and
+    a 16-bit part photo turns almost white."""
+    if im.mode in _WIDE_MODES:
+        a8 = (full_range(np.asarray(im)) * 255.0 + 0.5).astype(np.uint8)
+        return Image.fromarray(a8).convert("RGB")
+    return im.convert("RGB")
 
 
 @dataclass
@@ -88,7 +108,13 @@ def _check_boxes(sample: Sample, classes: tuple[str, ...], problems: _Problems) 
         x1, y1, x2, y2 = box
         if label not in classes:
             problems.add(sample.path, f"unknown class {label!r} (known: {list(classes)})")
-        if not (0 <= x1 < x2 <= sample.width and 0 <= y1 < y2 <= sample.height):
+        if not (x1 < x2 and y1 < y2):
+            problems.add(
+                sample.path,
+                f"box {box} is inverted or empty (needs x1 < x2 and y1 < y2; COCO boxes are "
+                "[x, y, width, height] with positive width and height)",
+            )
+        elif not (x1 >= 0 and x2 <= sample.width and y1 >= 0 and y2 <= sample.height):
             problems.add(sample.path, f"box {box} outside the {sample.width}x{sample.height} image")
 
 
@@ -142,10 +168,14 @@ def load_mvtec(root: str | Path, classes: tuple[str, ...] | None = None) -> Dete
         known = tuple(classes) if classes else tuple(sorted({c for s in sets for c in s.classes}))
         return DetectionSet([x for s in sets for x in s.samples], known)
     if not (root / "train").is_dir() and not (root / "test").is_dir():
+        if (root / "annotations.json").is_file() or any(root.glob("*.json")):
+            fix = "this looks like a COCO data set: pass --format coco (format='coco')"
+        elif (root / "labels").is_dir():
+            fix = "this looks like a YOLO data set: pass --format yolo (format='yolo')"
+        else:
+            fix = "point at a category folder such as .../bottle, or pass --format coco|yolo"
         raise DataError(
-            "not an MVTec category folder (no train/ or test/)",
-            where=str(root),
-            fix="point at a category folder such as .../bottle",
+            "not an MVTec category folder (no train/ or test/)", where=str(root), fix=fix
         )
     found = (
         sorted(p.name for p in (root / "test").iterdir() if p.is_dir() and p.name != "good")
@@ -183,6 +213,13 @@ def load_mvtec(root: str | Path, classes: tuple[str, ...] | None = None) -> Dete
                         problems.add(mask_path, "mask is empty for a defective image")
                 samples.append(s)
     return _finish(samples, classes, problems, str(root))
+
+
+def _split_tag(file_name: str) -> str:
+    """``test`` for an image inside a ``test`` folder (``test/a.png``, ``x/test/b.png``)."""
+    from pathlib import PurePosixPath
+
+    return "test" if "test" in PurePosixPath(file_name.replace("\\", "/")).parts[:-1] else "train"
 
 
 def load_coco(
@@ -228,7 +265,7 @@ def load_coco(
             path,
             width=size[0],
             height=size[1],
-            split="test" if "/test/" in im["file_name"] else "train",
+            split=_split_tag(im["file_name"]),
         )
         for a in by_image.get(im["id"], []):
             x, y, w, h = a["bbox"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from core.errors import ConfigError, DataError
+from core.errors import ConfigError
 from pipelines.vision_qc.config import DataConfig
 from pipelines.vision_qc.data import Sample
 from pipelines.vision_qc.predict import DefectDetector
@@ -36,9 +36,10 @@ from pipelines.vision_qc.predict import DefectDetector
 class EvalReport:
     map: float
     map50: float
-    per_class_ap: dict[str, float]
+    per_class_ap_50_95: dict[str, float]  # COCO AP@[.5:.95] per class
+    per_class_ap50: dict[str, float]  # AP@.5 per class
     threshold: float
-    threshold_rule: str
+    threshold_rule: str  # how the threshold was chosen (or why the stored one was kept)
     detection_rate: float  # defective images with a detection above the threshold
     false_alarm_rate: float  # good images with a detection above the threshold
     images: int
@@ -102,6 +103,15 @@ def coco_map(
         p = precision[:, :, k, 0, -1]
         per_class[c] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
     return float(max(ev.stats[0], 0.0)), float(max(ev.stats[1], 0.0)), per_class, precision
+
+
+def per_class_ap50(precision: np.ndarray | None, classes: tuple[str, ...]) -> dict[str, float]:
+    """AP@.5 per class from COCOeval's precision array (IoU index 0 is 0.5)."""
+    out = {}
+    for k, c in enumerate(classes):
+        p = precision[0, :, k, 0, -1] if precision is not None else np.array([-1.0])
+        out[c] = float(p[p > -1].mean()) if (p > -1).any() else 0.0
+    return out
 
 
 def image_scores(detections: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -272,7 +282,9 @@ def draw_detections(
     as PNG to ``out`` when given. Returns the PIL image."""
     from PIL import Image, ImageDraw
 
-    im = Image.open(image).convert("RGB")
+    from pipelines.vision_qc.data import rgb8
+
+    im = rgb8(Image.open(image))
     draw = ImageDraw.Draw(im)
     for b in gt or []:
         draw.rectangle(b, outline=(0, 255, 0), width=2)
@@ -296,13 +308,20 @@ def evaluate_detections(
     out_dir: str | Path | None = None,
     target_far: float = 0.05,
     rule: str = "f1",
+    stored_threshold: float | None = None,
 ) -> EvalReport:
-    """All metrics for ``detections`` on ``samples``, threshold chosen on the validation scores."""
+    """All metrics for ``detections`` on ``samples``, threshold chosen on the validation scores
+    (with no validation images, ``stored_threshold``, the model's own, when given)."""
     m, m50, per_class, precision = coco_map(samples, detections, classes)
-    thr, why = choose_threshold(val_scores, val_defective, target_far, rule)
+    if len(val_scores) == 0 and stored_threshold is not None:
+        thr, why = float(stored_threshold), "the model's stored threshold (no validation images)"
+    else:
+        thr, why = choose_threshold(val_scores, val_defective, target_far, rule)
     defective = np.array([s.defective for s in samples])
     det, far = rates(image_scores(detections), defective, thr)
-    report = EvalReport(m, m50, per_class, thr, why, det, far, len(samples))
+    report = EvalReport(
+        m, m50, per_class, per_class_ap50(precision, classes), thr, why, det, far, len(samples)
+    )
     if all("anomaly" in d for d in detections) and 0 < defective.sum() < len(defective):
         from sklearn.metrics import roc_auc_score
 
@@ -322,7 +341,7 @@ class EvalConfig:
     out_dir: str = "data/runs/vision_qc/eval"  # metrics.json and the plots
     rule: str = "f1"  # threshold rule on validation: f1 | far
     target_far: float = 0.02  # false-alarm target (rule far, or validation without defects)
-    write_threshold: bool = True  # store the chosen threshold in the model's config.json
+    write_threshold: bool = False  # store the chosen threshold in the model's config.json
     threads: int | None = None  # ONNX Runtime threads (ONNX model directories)
 
     def __post_init__(self) -> None:
@@ -355,20 +374,17 @@ def set_threshold(model_dir: str | Path, threshold: float, rule: str) -> None:
 
 def evaluate(model_dir: str | Path, cfg: EvalConfig, progress: Any = None) -> EvalReport:
     """Metrics of ``model_dir`` on the held-out test part of ``cfg.data``, the threshold picked
-    on its validation part; writes ``cfg.out_dir`` and (by default) the model's threshold."""
+    on its validation part (none: the model's stored threshold); writes ``cfg.out_dir``, and the
+    model's threshold only with ``cfg.write_threshold`` (scoring new data never moves it)."""
+    from core.artifacts import read_config
     from pipelines.vision_qc.data import load_dataset
     from pipelines.vision_qc.train import partition
 
-    parts = partition(load_dataset(cfg.data), cfg.data)
-    if not parts["test"]:
-        raise DataError(
-            "no held-out test images",
-            where=cfg.data.root,
-            fix="add test images or lower val_fraction",
-        )
+    parts = partition(load_dataset(cfg.data), cfg.data, need_train=False)
     detector = DefectDetector(model_dir, tile=False, threads=cfg.threads)
-    val = detect_all(detector, parts["val"])
-    test = detect_all(detector, parts["test"], progress=progress)
+    # one pass over validation and test images, with progress over both
+    both = detect_all(detector, parts["val"] + parts["test"], progress=progress)
+    val, test = both[: len(parts["val"])], both[len(parts["val"]) :]
     report = evaluate_detections(
         parts["test"],
         test,
@@ -378,6 +394,7 @@ def evaluate(model_dir: str | Path, cfg: EvalConfig, progress: Any = None) -> Ev
         cfg.out_dir,
         cfg.target_far,
         cfg.rule,
+        stored_threshold=read_config(model_dir).get("threshold"),
     )
     if cfg.write_threshold:
         set_threshold(model_dir, report.threshold, report.threshold_rule)

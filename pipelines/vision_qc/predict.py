@@ -27,6 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 from core.artifacts import read_config
 from core.errors import ConfigError, DataError, ModelLoadError
+from pipelines.vision_qc.data import MIN_SIDE, full_range, rgb8
 from pipelines.vision_qc.model import load_detector_net, postprocess
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ ImageInput = str | os.PathLike[str] | bytes | np.ndarray | Image.Image
 
 # ---------------------------------------------------------------- images in
 def load_image(image: ImageInput, where: str = "image", max_pixels: int = 64_000_000) -> np.ndarray:
-    """Any accepted image (path, encoded bytes, numpy ``(H, W)`` / ``(H, W, 3|4)`` uint8 or
-    float in [0, 1], PIL) -> float32 ``(H, W, 3)`` in [0, 1]; bad input raises DataError."""
+    """Any accepted image (path, encoded bytes, numpy ``(H, W)`` / ``(H, W, 3|4)`` uint8,
+    uint16 or float in [0, 1], PIL) -> float32 ``(H, W, 3)`` in [0, 1]; bad input raises
+    DataError. 16-bit data (files and uint16 arrays; 12-bit stored in 16 too) is scaled to the
+    full range (:func:`~pipelines.vision_qc.data.full_range`), never clipped."""
     if isinstance(image, str | os.PathLike | bytes):
         src = io.BytesIO(image) if isinstance(image, bytes) else image
         where = where if isinstance(image, bytes) else str(image)
@@ -51,7 +54,7 @@ def load_image(image: ImageInput, where: str = "image", max_pixels: int = 64_000
                         where=where,
                         fix="downscale the image or raise max_pixels",
                     )
-                image = im.convert("RGB")
+                image = rgb8(im)
                 image.load()
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise DataError(
@@ -60,29 +63,38 @@ def load_image(image: ImageInput, where: str = "image", max_pixels: int = 64_000
                 fix="send a PNG, JPEG, BMP or TIFF file",
             ) from exc
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        arr = np.asarray(rgb8(image), dtype=np.float32) / 255.0
     elif isinstance(image, np.ndarray):
         arr = image
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 8:
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise DataError(
                 f"array of shape {image.shape} is not an image",
                 where=where,
-                fix="pass (H, W), (H, W, 3) or (H, W, 4) with H, W >= 8",
+                fix="pass (H, W), (H, W, 3) or (H, W, 4)",
             )
         arr = arr[..., :3]
         if arr.dtype == np.uint8:
             arr = arr.astype(np.float32) / 255.0
+        elif arr.dtype == np.uint16:
+            arr = full_range(arr).astype(np.float32)
+        elif arr.dtype.kind in "iub":
+            raise DataError(
+                f"integer image of dtype {arr.dtype}",
+                where=where,
+                fix="pass uint8 or uint16 (12 or 16 bits), or float in [0, 1]",
+            )
         else:
             arr = arr.astype(np.float32)
             if not np.isfinite(arr).all():
                 raise DataError("image holds NaN or infinity", where=where, fix="clean the array")
             if arr.min() < 0.0 or arr.max() > 1.0:
                 raise DataError(
-                    f"float image values lie in [{arr.min():.3g}, {arr.max():.3g}], not [0, 1]",
+                    f"{image.dtype} image values lie in [{arr.min():.3g}, {arr.max():.3g}], "
+                    "not [0, 1]",
                     where=where,
-                    fix="scale to [0, 1] or pass uint8",
+                    fix="scale to [0, 1] or pass uint8 / uint16",
                 )
         if arr.shape[0] * arr.shape[1] > max_pixels:
             raise DataError(
@@ -95,6 +107,12 @@ def load_image(image: ImageInput, where: str = "image", max_pixels: int = 64_000
             f"unsupported image type {type(image).__name__}",
             where=where,
             fix="pass a path, encoded bytes, a numpy array or a PIL image",
+        )
+    if min(arr.shape[:2]) < MIN_SIDE:  # files and arrays alike: nothing to inspect in 1x1 px
+        raise DataError(
+            f"image is {arr.shape[1]}x{arr.shape[0]} px, smaller than {MIN_SIDE}x{MIN_SIDE}",
+            where=where,
+            fix="send the full part image",
         )
     return np.ascontiguousarray(arr)
 
@@ -203,9 +221,12 @@ class DefectDetector:
 
     def _forward(self, crops: list[np.ndarray]) -> list[np.ndarray]:
         outs: list[list[np.ndarray]] = []
+        steps = math.ceil(len(crops) / self.max_batch)
         for i in range(0, len(crops), self.max_batch):
             x = np.stack(crops[i : i + self.max_batch]).transpose(0, 3, 1, 2)
             outs.append(self._run(np.ascontiguousarray(x, dtype=np.float32)))
+            if steps > 4:  # a large image in many tiles: show that it moves
+                log.info("tiles %d/%d", min(i + self.max_batch, len(crops)), len(crops))
         return [np.concatenate([o[k] for o in outs]) for k in range(3)]
 
     def raw_batch(self, images: list[ImageInput]) -> list[dict[str, Any]]:
@@ -230,7 +251,9 @@ class DefectDetector:
             anom[v.image] = max(anom[v.image], float(anomaly[k]))
         out = []
         for i, parts in enumerate(per_image):
-            merged = parts[0] if len(parts) == 1 else _merge(parts, self.max_det)
+            # the cap holds per view (whole image, each tile): a large part may carry more
+            # defects than one view's cap, and capping after the merge dropped real ones
+            merged = parts[0] if len(parts) == 1 else _merge(parts, self.max_det * len(parts))
             out.append({**merged, "anomaly": float(anom[i])})
         return out
 

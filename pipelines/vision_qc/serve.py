@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pipelines.vision_qc.data import MIN_SIDE, rgb8
 from pipelines.vision_qc.predict import DefectDetector
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,17 @@ class DefectPredictor:
                             }
                         ]
                     )
-                rgb = im.convert("RGB")
+                if min(im.width, im.height) < MIN_SIDE:
+                    raise RequestError(
+                        [
+                            {
+                                "loc": loc,
+                                "msg": f"image is {im.width}x{im.height} px, smaller than "
+                                f"{MIN_SIDE}x{MIN_SIDE}",
+                            }
+                        ]
+                    )
+                rgb = rgb8(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise RequestError([{"loc": loc, "msg": f"not a readable image ({exc})"}]) from exc
         return np.asarray(rgb)

@@ -33,8 +33,9 @@ from core.train import (
     bf16_is_fast,
     seed_everything,
 )
+from core.typedconfig import deep_merge
 from pipelines.vision_qc.config import DataConfig
-from pipelines.vision_qc.data import DetectionSet, Sample, load_dataset, split
+from pipelines.vision_qc.data import DetectionSet, Sample, load_dataset, rgb8, split
 from pipelines.vision_qc.model import (
     ANOMALY_BANK_FILE,
     ModelConfig,
@@ -77,8 +78,10 @@ class TrainConfig:
             self.data = DataConfig(**self.data)
         if isinstance(self.model, dict):
             self.model = ModelConfig(**self.model)
-        if isinstance(self.trainer, dict):
-            self.trainer = TrainerConfig.from_dict(self.trainer)
+        if isinstance(self.trainer, dict):  # a partial trainer section keeps the defaults
+            self.trainer = TrainerConfig.from_dict(
+                deep_merge(default_trainer().to_dict(), self.trainer)
+            )
         self.model.num_classes = len(self.data.classes)
         self.trainer.seed = self.seed
 
@@ -113,7 +116,7 @@ class DetectionDataset(Dataset):
 
         s = self.samples[i]
         rng = np.random.default_rng([self.seed, self.epoch, i])
-        img = Image.open(s.path).convert("RGB")
+        img = rgb8(Image.open(s.path))
         sx, sy = self.size / img.width, self.size / img.height
         arr = (
             np.asarray(img.resize((self.size, self.size), Image.BILINEAR), dtype=np.float32) / 255.0
@@ -158,7 +161,7 @@ class DetectionDataset(Dataset):
 
 def image_tensor(path: Path, size: int) -> torch.Tensor:
     """``(3, size, size)`` float image in [0, 1], resized as in training."""
-    img = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    img = rgb8(Image.open(path)).resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
@@ -183,18 +186,37 @@ class _EpochSetter(Callback):
         self.ds.set_epoch(epoch)
 
 
-def partition(ds: DetectionSet, cfg: DataConfig) -> dict[str, list[Sample]]:
+def partition(
+    ds: DetectionSet, cfg: DataConfig, need_train: bool = True
+) -> dict[str, list[Sample]]:
     """Seeded ``train`` / ``val`` / ``test`` parts. MVTec trains on ``train/`` (normal images +
     pastes) and holds out ``test/``; labelled formats hold out ``holdout_fraction``. The held-out
-    images are split again: ``val_fraction`` picks the threshold, the rest is the test set."""
-    if cfg.format == "mvtec":
-        train_part, held = ds.where("train"), ds.where("test")
+    images are split again: ``val_fraction`` picks the threshold, the rest is the test set.
+    ``cfg.test_only``: every image is a test image (a dedicated test set). Evaluation and
+    compression pass ``need_train=False``: they need no training images."""
+    if cfg.test_only:
+        train_part, held = [], list(ds.samples)
+        test, val = held, []
     else:
-        train_part, held = split(ds.samples, cfg.holdout_fraction, cfg.seed)
-    test, val = split(held, cfg.val_fraction, cfg.seed + 1)
-    if not train_part:
+        if cfg.format == "mvtec":
+            train_part, held = ds.where("train"), ds.where("test")
+        else:
+            train_part, held = split(ds.samples, cfg.holdout_fraction, cfg.seed)
+        test, val = split(held, cfg.val_fraction, cfg.seed + 1)
+    if need_train and not train_part:
         raise DataError(
-            "no training images", where=str(cfg.root), fix="add images (MVTec: train/good)"
+            "no training images" + (" (the data set is marked test_only)" if cfg.test_only else ""),
+            where=str(cfg.root),
+            fix="train on another data set"
+            if cfg.test_only
+            else "add images (MVTec: train/good; COCO/YOLO: labelled images)",
+        )
+    if not need_train and not test:
+        raise DataError(
+            "no held-out test images",
+            where=str(cfg.root),
+            fix="add test images, lower val_fraction, or mark a dedicated test set test_only "
+            "(--test-set)",
         )
     return {"train": train_part, "val": val, "test": test}
 

@@ -734,3 +734,18 @@ def test_model_and_decoding_run_on_their_own_threads(model_dirs, samples):
     assert seen["batch"] and all(n.startswith("dv-model") for n in seen["batch"])
     assert len(seen["batch"]) == 1  # one model thread: batches never run concurrently
     assert seen["decode"] and all(n.startswith("dv-decode") for n in seen["decode"])
+
+
+@pytest.mark.parametrize(
+    "lengths", [[7, 30, 8, 29, 10, 12, 30, 7], [5], [16] * 9, list(range(1, 65))]
+)
+def test_length_groups_bound_the_padding_and_keep_every_item_once(lengths):
+    from core.serve import length_groups
+
+    groups = length_groups(lengths, max_waste=1.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for g in groups:
+        real = sum(lengths[i] for i in g)
+        assert max(lengths[i] for i in g) * len(g) <= 1.25 * real
+    if lengths == [16] * 9:
+        assert len(groups) == 1  # equal lengths: one forward, no split

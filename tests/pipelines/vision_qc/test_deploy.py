@@ -28,7 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vqc_trained")]
 @pytest.fixture(scope="module")
 def evaluated(trained):
     rep = evaluate(
-        trained.model_dir, EvalConfig(data=trained.data, out_dir=str(trained.base / "eval"))
+        trained.model_dir,
+        EvalConfig(data=trained.data, out_dir=str(trained.base / "eval"), write_threshold=True),
     )
     return rep
 
