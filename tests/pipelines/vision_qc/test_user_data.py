@@ -295,3 +295,21 @@ def test_predict_on_a_folder_with_a_corrupt_image_predicts_the_rest(trained, tmp
     preds = json.loads(out.read_text())
     assert len(preds) == 4 and "error" in preds[str(folder / "1b-broken.png")]
     assert all("detections" in preds[str(folder / f"{k}.png")] for k in range(3))
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("vqc_trained")
+def test_the_readme_summary_shows_what_detect_returns(trained):
+    from pathlib import Path
+
+    from pipelines.vision_qc.data import load_dataset
+    from pipelines.vision_qc.predict import DefectDetector
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    summary = readme.split("### `pipelines/vision_qc`", 1)[1].split("```", 1)[0]
+    out = DefectDetector(trained.model_dir).detect(load_dataset(trained.data).samples[0].path)
+    assert isinstance(out, dict) and summary.lstrip().startswith("Images of parts in")
+    for key in out:
+        assert f'"{key}"' in summary, key
+    for key in out["detections"][0] if out["detections"] else ("class", "score", "bbox"):
+        assert f'"{key}"' in summary, key
