@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_engine.py
 	$(PY) benchmarks/compress.py
 	$(PY) benchmarks/vision_qc.py
+	$(PY) benchmarks/vision_qc_heldout.py
 	$(PY) benchmarks/serve.py
 
 clean:
