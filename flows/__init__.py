@@ -1,6 +1,6 @@
 """Prefect flows, one module per domain, plus shared tasks and schedules.
 
-Importing ``flows`` sets three Prefect defaults for everything the project starts, each only
+Importing ``flows`` sets four Prefect defaults for everything the project starts, each only
 where the variable is not set already (set it to override):
 
 * ``PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=300``: Prefect's embedded server gets 20 s
@@ -10,7 +10,10 @@ where the variable is not set already (set it to override):
   and the telemetry attempt logged "Failed to send telemetry" every few minutes;
 * ``PREFECT_LOGGING_EXTRA_LOGGERS=core,pipelines``: the training, evaluation and compression
   progress lines the library logs (step/total, loss, ETA) appear in the flow-run log; those
-  loggers are set to INFO when nothing set their level.
+  loggers are set to INFO when nothing set their level;
+* ``PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore``: those loggers also serve code outside
+  any flow run in the same process (a CLI, a customer's script, the tests), whose lines then
+  go to the console only instead of raising a UserWarning each.
 
 Not here: the flows themselves (``flows/<domain>.py``), shared tasks (``flows/tasks.py``),
 deployments and schedules (``flows/deployments.py``).
@@ -25,6 +28,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "core,pipelines",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 for _key, _value in PREFECT_DEFAULTS.items():
     os.environ.setdefault(_key, _value)

@@ -21,7 +21,8 @@ SETTINGS = (
     "from prefect.settings import get_current_settings as g\n"
     "s = g()\n"
     "print(json.dumps([s.server.ephemeral.startup_timeout_seconds,"
-    " s.server.analytics_enabled, sorted(s.logging.extra_loggers or [])]))\n"
+    " s.server.analytics_enabled, sorted(s.logging.extra_loggers or []),"
+    " s.logging.to_api.when_missing_flow]))\n"
 )
 
 
@@ -37,7 +38,7 @@ def test_importing_flows_sets_the_prefect_defaults_unless_overridden(tmp_path):
         [sys.executable, "-c", SETTINGS], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == [300, False, ["core", "pipelines"]]
+    assert json.loads(out.stdout) == [300, False, ["core", "pipelines"], "ignore"]
     env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "45"
     out = subprocess.run(
         [sys.executable, "-c", SETTINGS], env=env, capture_output=True, text=True, timeout=120
