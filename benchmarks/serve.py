@@ -266,22 +266,6 @@ def summarize(a: dict) -> dict[str, Any]:
     }
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"server on port {port} not ready after {timeout:g} s")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--server", choices=list(SERVERS), help=argparse.SUPPRESS)
@@ -298,6 +282,7 @@ def main() -> None:
         return
 
     from benchmarks._common import print_table, write_result
+    from core.serve.server import wait_until_ready
     from core.train.distributed import free_port
 
     seconds = 3.0 if args.quick else args.seconds
@@ -326,7 +311,7 @@ def main() -> None:
     }
     try:
         for k, p in ports.items():
-            wait_ready(p, procs[k])
+            wait_until_ready(f"http://127.0.0.1:{p}", timeout=300, proc=procs[k])
         bodies = messages(seed=0)
         for k in ("on", "off"):  # warm both (allocator, thread pools) before timing
             load(ports[k], 8, 2.0, bodies)

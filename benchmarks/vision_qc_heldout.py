@@ -39,8 +39,6 @@ from pipelines.vision_qc.evaluate import (
     coco_map,
     detect_all,
     evaluate,
-    image_scores,
-    rates,
 )
 from pipelines.vision_qc.predict import DefectDetector
 from pipelines.vision_qc.train import TrainConfig, train
@@ -88,9 +86,9 @@ def main() -> None:
     )
     test_data = DataConfig(root=str(work / "test"), format="coco", classes=CLASSES, test_only=True)
     rep = evaluate(work / "model", EvalConfig(data=test_data, out_dir=str(work / "eval-test")))
-    samples = load_dataset(test_data).samples
+    samples = load_dataset(test_data).samples  # detections again, for the agnostic AP only
     dets = detect_all(DefectDetector(work / "model", tile=False), samples)
-    det, far = rates(image_scores(dets), np.array([s.defective for s in samples]), rep.threshold)
+    det, far = rep.detection_rate, rep.false_alarm_rate
     heldout = {
         "generator": "benchmarks/heldout_vqc.py",
         "train_images": n_train,

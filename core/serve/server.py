@@ -143,6 +143,29 @@ def serve(
     DrainingServer(cfg, app).run()
 
 
+def wait_until_ready(
+    url: str, timeout: float = 60.0, proc: Any = None, interval: float = 0.1
+) -> None:
+    """Poll ``url``'s ``/v1/health/ready`` until it answers 200. ``proc`` (a ``Popen`` running
+    the server) ends the wait early if it exits. Raises RuntimeError naming what happened."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server at {url} exited with status {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/health/ready", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass  # not listening yet, or 503 while loading: poll again
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server at {url} was not ready after {timeout:g} s")
+        time.sleep(interval)
+
+
 class BackgroundServer:
     """``with BackgroundServer(app) as srv: httpx.get(srv.url + "/v1/health/live")``; loopback only."""
 

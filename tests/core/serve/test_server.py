@@ -13,7 +13,7 @@ import pytest
 
 from core.reference.digits import DigitsConfig, load_digits_splits, train_digits
 from core.serve import ModelDirPredictor, ServeConfig, create_app
-from core.serve.server import BackgroundServer
+from core.serve.server import BackgroundServer, wait_until_ready
 from core.train import TrainerConfig
 
 
@@ -63,12 +63,7 @@ def post(url, name, body, **kw):
 
 
 def wait_ready(url, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if httpx.get(f"{url}/v1/health/ready").status_code == 200:
-            return
-        time.sleep(0.02)
-    raise AssertionError("never ready")
+    wait_until_ready(url, timeout=timeout, interval=0.02)
 
 
 def test_batched_answers_equal_unbatched_ones(model_dirs, samples):
@@ -290,14 +285,7 @@ def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/v1/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
+        wait_until_ready(url, timeout=60, proc=proc)
         r = post(url, "digits", {"inputs": [samples[0].tolist(), samples[1].tolist()]})
         assert r.status_code == 200 and len(r.json()["predictions"]) == 2
         r = post(url, "digits", {"inputs": [s.tolist() for s in samples[:12]]})
@@ -531,15 +519,8 @@ def _start_dv_serve(model_dir, *extra):
         stdout=tempfile.TemporaryFile(),  # noqa: SIM115 (closed with the process)
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready").status_code == 200:
-                return proc, port
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, "dv serve never ready"
-        time.sleep(0.1)
+    wait_until_ready(f"http://127.0.0.1:{port}", timeout=90, proc=proc)
+    return proc, port
 
 
 @pytest.mark.slow
