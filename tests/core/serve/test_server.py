@@ -686,6 +686,9 @@ def test_overload_is_shed_at_admission_before_the_body_is_read(model_dirs, sampl
                 waited = time.monotonic() - t0
             assert reply.startswith("HTTP/1.1 503") and "retry-after: 1" in reply.lower()
             assert "server busy" in reply and waited < 1.0
+            # answered before routing, and still counted under the served model's name
+            metrics = httpx.get(f"{srv.url}/metrics").text
+            assert 'dv_requests_total{model="digits",status="503"} 1.0' in metrics
             assert [f.result().status_code for f in busy] == [200, 200, 200]
 
 
