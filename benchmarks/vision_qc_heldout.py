@@ -79,7 +79,7 @@ def main() -> None:
     if a.quick:
         cfg.trainer.max_epochs = 1
     t = time.perf_counter()
-    train(cfg)
+    fit, _ = train(cfg)
     train_s = time.perf_counter() - t
     val_rep = evaluate(
         work / "model", EvalConfig(data=data, out_dir=str(work / "eval-val"), write_threshold=True)
@@ -95,7 +95,8 @@ def main() -> None:
         "test_images": n_test,
         "test_config": {"size": 320, "good_fraction": 0.45, "seed": 23},
         "train_seconds": train_s,
-        "epochs": cfg.trainer.max_epochs,
+        "steps": fit.global_step,
+        "epochs_completed": fit.epochs_completed,
         "map50": rep.map50,
         "map": rep.map,
         "ap50_agnostic": agnostic(samples, dets),

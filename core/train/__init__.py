@@ -17,6 +17,7 @@ from core.train.config import (
 )
 from core.train.device import select_device
 from core.train.distributed import launch_local
+from core.train.optim import build_optimizer
 from core.train.precision import bf16_is_fast
 from core.train.trainer import FitResult, Trainer, accuracy, seed_everything
 
@@ -34,6 +35,7 @@ __all__ = [
     "TrainerConfig",
     "accuracy",
     "bf16_is_fast",
+    "build_optimizer",
     "launch_local",
     "seed_everything",
     "select_device",

@@ -63,11 +63,20 @@ def impl_kwargs(impl: str, params: list[torch.Tensor]) -> dict[str, Any]:
 
 
 def build_optimizer(
-    params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig
+    params: Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]], cfg: OptimizerConfig
 ) -> torch.optim.Optimizer:
-    """The optimizer ``cfg`` names over ``params``, on the implementation ``cfg.impl`` picks."""
+    """The optimizer ``cfg`` names over ``params``, on the implementation ``cfg.impl`` picks.
+    ``params`` is tensors, or PyTorch parameter groups: dicts with ``params`` and per-group
+    options, where ``lr_scale`` sets the group's rate to ``lr_scale * cfg.lr`` (the schedule
+    then scales every group alike)."""
     params = list(params)
-    kw = impl_kwargs(cfg.impl, params)
+    flat = params
+    if params and isinstance(params[0], dict):
+        params = [
+            {**g, "lr": cfg.lr * g["lr_scale"]} if "lr_scale" in g else dict(g) for g in params
+        ]
+        flat = [p for g in params for p in g["params"]]
+    kw = impl_kwargs(cfg.impl, flat)
     if cfg.name == "sgd":
         return torch.optim.SGD(
             params,

@@ -168,12 +168,21 @@ def train(
         Path | None,
         typer.Option(help="model directory to write (default: $DV_DATA_ROOT/runs/vision_qc/model)"),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="max epochs")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="train exactly this many epochs (default: 1000 steps, however many images)"
+        ),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="images per step")] = None,
     backbone: Annotated[str | None, typer.Option(help="timm backbone")] = None,
     pretrained: Annotated[
         Path | None, typer.Option(help="local .safetensors with backbone weights")
     ] = None,
+    scratch: Annotated[
+        bool,
+        typer.Option(help="random backbone weights instead of the shipped ImageNet ones"),
+    ] = False,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -198,13 +207,14 @@ def train(
     file_cfg["data"] = _data(file_cfg.get("data"), data, fmt, classes)
     if seed is not None:
         file_cfg["seed"] = seed
+    if backbone or pretrained or scratch:  # before the config checks the backbone's weights
+        model = file_cfg.setdefault("model", {})
+        model.update({"backbone": backbone} if backbone else {})
+        model.update({"pretrained_path": str(pretrained)} if pretrained else {})
+        model.update({"pretrained": False} if scratch else {})
     cfg = build(TrainConfig, file_cfg)
-    if backbone:
-        cfg.model.backbone = backbone
-    if pretrained:
-        cfg.model.pretrained_path = str(pretrained)
     if epochs is not None:
-        cfg.trainer.max_epochs = epochs
+        cfg.trainer.max_epochs, cfg.trainer.max_steps = epochs, None
     if batch_size is not None:
         cfg.trainer.batch_size = batch_size
     if checkpoint_dir is not None:

@@ -46,12 +46,14 @@ ANOMALY_BANK_FILE = "anomaly_bank.safetensors"  # beside model.safetensors in a 
 class ModelConfig:
     """Detector architecture."""
 
-    backbone: str = "resnet18"  # any timm CNN with features_only support
+    backbone: str = "efficientnet_lite0"  # any timm CNN with features_only support
     num_classes: int = 5  # defect classes (background excluded)
     fpn_channels: int = 64  # FPN width
     out_indices: tuple[int, ...] = (2, 3, 4)  # backbone stages fed to the FPN (strides 8, 16, 32)
     image_size: int = 256  # train/infer resolution (square)
     pretrained_path: str | None = None  # local .safetensors with backbone weights
+    pretrained: bool = True  # start from the ImageNet weights that ship for the backbone
+    freeze_bn: bool = False  # backbone batch norms keep their (pretrained) statistics in training
     score_thresh: float = 0.05  # detections kept before the operating threshold
     detections_per_img: int = 50
 
@@ -66,6 +68,15 @@ class ModelConfig:
                 fix="use 256 or 384; large parts are tiled by the predictor instead",
             )
         self.out_indices = tuple(self.out_indices)
+        if self.pretrained and not self.pretrained_path:
+            from core.backbones import has_shipped_weights
+
+            if not has_shipped_weights(self.backbone):
+                raise ConfigError(
+                    f"no pretrained weights ship for backbone {self.backbone!r}",
+                    fix="use backbone efficientnet_lite0, give pretrained_path (a local "
+                    ".safetensors), or train from scratch (pretrained = false, --scratch)",
+                )
 
 
 class TimmFPN(nn.Module):
@@ -77,6 +88,8 @@ class TimmFPN(nn.Module):
         out_indices: tuple[int, ...],
         channels: int,
         pretrained_path: str | None = None,
+        pretrained: bool = False,
+        freeze_bn: bool = False,
     ) -> None:
         import timm
         from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
@@ -87,11 +100,27 @@ class TimmFPN(nn.Module):
         )
         if pretrained_path:
             load_backbone_weights(self.body, pretrained_path)
+        elif pretrained:
+            from core.backbones import load_shipped
+
+            load_shipped(name, self.body)
         in_chs = self.body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork(
             in_chs, channels, extra_blocks=LastLevelP6P7(channels, channels)
         )
         self.out_channels = channels
+        self.freeze_bn = freeze_bn
+
+    def train(self, mode: bool = True) -> TimmFPN:
+        """``freeze_bn``: the backbone's batch norms stay in eval mode (running statistics
+        kept; their affine weights still learn): batches of 4 would overwrite good
+        pretrained statistics with noisy ones."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.body.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         feats = self.body(x)
@@ -120,12 +149,21 @@ def load_backbone_weights(body: nn.Module, path: str) -> None:
 
 @register_model("vision_qc_fcos")
 def build_detector(**kwargs: object) -> nn.Module:
-    """FCOS on a timm backbone with FPN (see :class:`ModelConfig`)."""
+    """FCOS on a timm backbone with FPN (see :class:`ModelConfig`). Pretrained backbone weights
+    load only when ``pretrained`` is passed true, as training does: a model directory (written
+    with ``pretrained=False``, or before the option existed) rebuilds without them."""
     from torchvision.models.detection import FCOS
     from torchvision.models.detection.anchor_utils import AnchorGenerator
 
-    cfg = ModelConfig(**kwargs)  # type: ignore[arg-type]
-    backbone = TimmFPN(cfg.backbone, cfg.out_indices, cfg.fpn_channels, cfg.pretrained_path)
+    cfg = ModelConfig(**{"pretrained": False, **kwargs})  # type: ignore[arg-type]
+    backbone = TimmFPN(
+        cfg.backbone,
+        cfg.out_indices,
+        cfg.fpn_channels,
+        cfg.pretrained_path,
+        cfg.pretrained,
+        cfg.freeze_bn,
+    )
     levels = len(cfg.out_indices) + 2  # + P6, P7
     sizes = tuple((8 * 2**i,) for i in range(levels))
     anchors = AnchorGenerator(sizes=sizes, aspect_ratios=((1.0,),) * levels)

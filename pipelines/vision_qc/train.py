@@ -31,6 +31,7 @@ from core.train import (
     Trainer,
     TrainerConfig,
     bf16_is_fast,
+    build_optimizer,
     seed_everything,
 )
 from core.typedconfig import deep_merge
@@ -44,13 +45,23 @@ from pipelines.vision_qc.model import (
 )
 from pipelines.vision_qc.synth import paste_defects
 
+# The default length of training, in optimizer steps whatever the data set's size: a few
+# hundred images make many passes (8 passes over 280 images left the model under-trained:
+# held-out mAP@.5 0.53 at 560 steps, 0.65 at 980), a large set fewer. About 12 minutes on
+# 2 CPU cores (fp32, 256 px, batch 4).
+DEFAULT_STEPS = 1000
+MAX_DEFAULT_EPOCHS = 100  # a cap for tiny sets
+
 
 def default_trainer() -> TrainerConfig:
-    """Laptop-CPU defaults; bf16 autocast (AMP) where it is fast: a GPU with bf16 support, or a
-    CPU with AMX / AVX512-BF16 (2x faster steps than fp32 at the same accuracy here)."""
+    """Laptop-CPU defaults: :data:`DEFAULT_STEPS` steps (at most :data:`MAX_DEFAULT_EPOCHS`
+    epochs; setting ``max_epochs`` lower caps it), cosine schedule, gradient clipping;
+    bf16 autocast (AMP) where it is fast: a GPU with bf16 support, or a CPU with AMX /
+    AVX512-BF16 (2x faster steps than fp32 at the same accuracy there)."""
     return TrainerConfig(
         precision="bf16" if bf16_is_fast() else "fp32",
-        max_epochs=8,
+        max_epochs=MAX_DEFAULT_EPOCHS,
+        max_steps=DEFAULT_STEPS,
         batch_size=4,
         eval_every_n_epochs=0,
         grad_clip_norm=10.0,
@@ -71,6 +82,7 @@ class TrainConfig:
     paste_on_good: bool = True  # paste synthetic defects onto defect-free training images
     max_pasted: int = 8  # 1..N pasted defects per normal image (more per step: faster learning)
     augment: bool = True
+    backbone_lr_scale: float = 1.0  # the backbone's learning rate relative to the FPN and head
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -186,6 +198,18 @@ class _EpochSetter(Callback):
         self.ds.set_epoch(epoch)
 
 
+def param_groups(model: nn.Module, backbone_lr_scale: float) -> list[dict[str, Any]]:
+    """Optimizer groups: the backbone at ``backbone_lr_scale`` times the learning rate (the
+    schedule scales both alike), everything else at the full rate."""
+    body = {id(p) for p in model.backbone.body.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if id(p) in body], "lr_scale": backbone_lr_scale},
+        {"params": [p for p in trainable if id(p) not in body], "lr_scale": 1.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def partition(
     ds: DetectionSet, cfg: DataConfig, need_train: bool = True
 ) -> dict[str, list[Sample]]:
@@ -239,13 +263,19 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
     trainer = DetectionTrainer(
         model,
         cfg.trainer,
+        optimizer_factory=lambda _: build_optimizer(
+            param_groups(model, cfg.backbone_lr_scale), cfg.trainer.optimizer
+        ),
         collate_fn=collate,
         callbacks=[_EpochSetter(train_ds), *(callbacks or [])],
     )
     result = trainer.fit(train_ds)
     out = Path(cfg.out_dir)
+    # the weights evaluation would use: the moving average when ``trainer.ema_decay`` is set
+    model = trainer.ema.module if trainer.ema is not None else model
     if trainer.is_main:
-        arch = {k: v for k, v in asdict(cfg.model).items() if k != "pretrained_path"}
+        # the trained weights are all in model.safetensors: rebuilding needs no pretrained file
+        arch = {**asdict(cfg.model), "pretrained_path": None, "pretrained": False}
         normal = [s for s in train_samples if not s.defective]
         extra = {}
         if cfg.anomaly_bank > 0 and normal:

@@ -271,3 +271,24 @@ def test_batch_size_is_counted_for_tensor_list_and_dict_batches():
     )  # detection
     assert _batch_len({"input_ids": torch.zeros(6, 10), "mask": torch.zeros(6, 10)}) == 6
     assert _batch_len(torch.zeros(7, 2)) == 7
+
+
+def test_parameter_groups_get_their_scaled_rate_and_the_schedule_moves_both():
+    """``lr_scale`` groups (a pretrained backbone learning slower than its new head) keep
+    their ratio through warm-up and decay; a group without it runs at the configured rate."""
+    from core.train import build_optimizer
+    from core.train.config import OptimizerConfig, ScheduleConfig
+    from core.train.schedules import build_scheduler
+
+    slow, fast = nn.Linear(2, 2), nn.Linear(2, 2)
+    opt = build_optimizer(
+        [{"params": slow.parameters(), "lr_scale": 0.1}, {"params": fast.parameters()}],
+        OptimizerConfig(name="adamw", lr=1e-3),
+    )
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-4, 1e-3])
+    sched = build_scheduler(opt, ScheduleConfig(name="cosine", warmup_steps=5), 50)
+    for _ in range(20):
+        opt.step()
+        sched.step()
+        a, b = (g["lr"] for g in opt.param_groups)
+        assert a == pytest.approx(0.1 * b) and 0 < b <= 1e-3

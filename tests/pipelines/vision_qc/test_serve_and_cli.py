@@ -130,7 +130,22 @@ def test_cli_synth_train_evaluate_compress_predict(trained, tmp_path):
     assert (small / "pcb" / "train" / "good" / "000.png").is_file() and (
         small / "annotations.json"
     ).is_file()
-    res = run("train", "--data", small, "--out", tmp_path / "m", "--epochs", 1, "--batch-size", 2)
+    # --epochs is exact: it overrides the default (and the file's) length in steps
+    steps = tmp_path / "steps.json"
+    steps.write_text(json.dumps({"trainer": {"max_steps": 1}}))
+    res = run(
+        "train",
+        "--data",
+        small,
+        "--out",
+        tmp_path / "m",
+        "--epochs",
+        1,
+        "--batch-size",
+        2,
+        "--config",
+        steps,
+    )
     assert res.exit_code == 0, res.output
     assert "trained 2 steps" in res.output and (tmp_path / "m" / "model.safetensors").is_file()
 

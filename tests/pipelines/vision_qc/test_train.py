@@ -83,3 +83,43 @@ def test_training_from_normal_images_writes_a_reloadable_detector(category, tmp_
     with torch.no_grad():
         det = model([torch.rand(3, 128, 128)])[0]
     assert det["boxes"].shape[-1] == 4
+
+
+def test_backbone_group_holds_exactly_the_backbone_at_its_scale():
+    from pipelines.vision_qc.model import build_detector
+    from pipelines.vision_qc.train import param_groups
+
+    model = build_detector(num_classes=2)
+    body, rest = param_groups(model, 0.1)
+    assert body["lr_scale"] == 0.1 and rest["lr_scale"] == 1.0
+    ids = [id(p) for g in (body, rest) for p in g["params"]]
+    assert len(ids) == len(set(ids)) == sum(1 for _ in model.parameters())
+    assert {id(p) for p in body["params"]} == {id(p) for p in model.backbone.body.parameters()}
+
+
+def test_the_saved_weights_are_the_moving_average_when_ema_is_on(category, tmp_path):
+    """With ``ema_decay`` the model directory must hold the averaged weights evaluation uses,
+    not the last step's. A decay near 1 keeps the average where the first step left it
+    (PyTorch's average starts from the weights after step 1), while the raw weights keep
+    moving away from their ImageNet start with every AdamW step."""
+    from safetensors.torch import load_file
+
+    from core.backbones import shipped_state_dict
+    from pipelines.vision_qc.model import build_detector
+
+    start = shipped_state_dict(
+        "efficientnet_lite0", build_detector(pretrained=True).backbone.body
+    )["conv_stem.weight"]
+    drift = {}
+    for ema in (None, 1 - 1e-9):
+        cfg = TrainConfig(
+            data=DataConfig(root=str(category), classes=CLASSES),
+            model=ModelConfig(fpn_channels=16),
+            trainer={"max_epochs": 2, "max_steps": None, "progress": "off", "ema_decay": ema},
+            out_dir=str(tmp_path / f"m{ema}"),
+            anomaly_bank=0,
+        )
+        _, out = train(cfg)
+        saved = load_file(str(out / "model.safetensors"))["backbone.body.conv_stem.weight"]
+        drift[ema] = float((saved - start).abs().max())
+    assert drift[1 - 1e-9] < 0.5 * drift[None], drift
