@@ -107,9 +107,9 @@ def test_the_saved_weights_are_the_moving_average_when_ema_is_on(category, tmp_p
     from core.backbones import shipped_state_dict
     from pipelines.vision_qc.model import build_detector
 
-    start = shipped_state_dict(
-        "efficientnet_lite0", build_detector(pretrained=True).backbone.body
-    )["conv_stem.weight"]
+    start = shipped_state_dict("efficientnet_lite0", build_detector(pretrained=True).backbone.body)[
+        "conv_stem.weight"
+    ]
     drift = {}
     for ema in (None, 1 - 1e-9):
         cfg = TrainConfig(
