@@ -2,9 +2,12 @@
 
 ``fuse(model, example)`` traces the model (``torch.fx``), finds every conv/linear whose only
 user is a batch norm, replaces the conv/linear by the folded one (``W' = W * g/s``,
-``b' = (b - mean) * g/s + beta``) and the batch norm by ``nn.Identity``. The model keeps its
-own class and module names; it is put in eval mode (folding freezes the running statistics).
-Outputs match the unfused model within float rounding (~1e-6).
+``b' = (b - mean) * g/s + beta``) and the batch norm by ``nn.Identity``. A batch norm that
+does more than normalise — timm's ``BatchNormAct2d`` (EfficientNet, MobileNet, ...) applies
+its dropout and activation after the statistics — is replaced by what it does after them
+(``Sequential(drop, act)``); any other subclass with its own ``forward`` is left unfolded.
+The model keeps its own class and module names; it is put in eval mode (folding freezes the
+running statistics). Outputs match the unfused model within float rounding (~1e-6).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ def fuse(model: nn.Module) -> list[tuple[str, str]]:
         bn = model.get_submodule(str(user.target))
         if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or not bn.track_running_stats:
             continue
+        if _after_norm(bn) is None:
+            continue
         is_conv = isinstance(mod, nn.modules.conv._ConvNd) and not isinstance(
             mod, nn.modules.conv._ConvTransposeNd
         )
@@ -46,8 +51,20 @@ def fuse(model: nn.Module) -> list[tuple[str, str]]:
             fuse_conv_bn_eval if isinstance(mod, nn.modules.conv._ConvNd) else fuse_linear_bn_eval
         )(mod, bnm)
         _replace(model, conv, fused)
-        _replace(model, bn, nn.Identity())
+        _replace(model, bn, _after_norm(bnm))
     return [p for p in pairs if counts[p[0]] == 1]
+
+
+def _after_norm(bn: nn.Module) -> nn.Module | None:
+    """What replaces a folded batch norm: nothing for a plain one, ``Sequential(drop, act)``
+    for a normalise-then-activate one (timm's ``BatchNormAct2d``), None (do not fold) for a
+    subclass whose ``forward`` does something else."""
+    if type(bn).forward is nn.modules.batchnorm._BatchNorm.forward:
+        return nn.Identity()
+    children = dict(bn.named_children())
+    if type(bn).__name__ == "BatchNormAct2d" and set(children) == {"drop", "act"}:
+        return nn.Sequential(children["drop"], children["act"])
+    return None
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:

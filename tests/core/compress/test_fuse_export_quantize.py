@@ -46,6 +46,43 @@ def test_fuse_folds_every_bn_and_keeps_outputs(trained):
         assert float((fused(x) - model(x)).abs().max()) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "mobilenetv3_small_100", "resnet18"])
+def test_fuse_keeps_the_activation_of_norm_act_layers(name):
+    """timm's BatchNormAct2d normalises *and* activates: folding it as a plain batch norm
+    (replacing it by Identity) dropped every ReLU6 of EfficientNet-Lite0, and the fused
+    model's outputs grew without bound (vision_qc's exported detector found nothing)."""
+    import copy
+
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+    for m in model.modules():  # statistics unlike the initial ones, so folding does something
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    fused = copy.deepcopy(model)
+    pairs = fuse(fused)
+    assert len(pairs) >= 20
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        ref, got = model(x), fused(x)
+    assert float((got - ref).abs().max()) < 1e-3 * max(1.0, float(ref.abs().max()))
+
+
+def test_a_batch_norm_subclass_with_its_own_forward_is_not_folded():
+    class Scaled(nn.BatchNorm2d):
+        def forward(self, x):
+            return 2.0 * super().forward(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Scaled(4)).eval()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        ref = model(x)
+        assert fuse(model) == [] and torch.allclose(model(x), ref)
+
+
 def test_onnx_export_has_a_dynamic_batch_and_passes_parity(trained, tmp_path):
     model, splits = trained
     x = splits["val"][:4][0]
