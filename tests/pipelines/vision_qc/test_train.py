@@ -114,7 +114,7 @@ def test_the_saved_weights_are_the_moving_average_when_ema_is_on(category, tmp_p
     for ema in (None, 1 - 1e-9):
         cfg = TrainConfig(
             data=DataConfig(root=str(category), classes=CLASSES),
-            model=ModelConfig(fpn_channels=16),
+            model=ModelConfig(fpn_channels=32),
             trainer={"max_epochs": 2, "max_steps": None, "progress": "off", "ema_decay": ema},
             out_dir=str(tmp_path / f"m{ema}"),
             anomaly_bank=0,
