@@ -33,8 +33,14 @@ SHIPPED: dict[str, tuple[str, Callable[[], str]]] = {
 }
 
 
-def has_shipped_weights(timm_name: str) -> bool:
-    return timm_name in SHIPPED
+def require_shipped(timm_name: str) -> None:
+    """A ConfigError unless weights ship for ``timm_name`` (checked before any training)."""
+    if timm_name not in SHIPPED:
+        raise ConfigError(
+            f"no pretrained weights ship for backbone {timm_name!r}",
+            fix=f"use one of {sorted(SHIPPED)}, give pretrained_path (a local .safetensors), "
+            "or train from scratch (pretrained = false, vision-qc train --scratch)",
+        )
 
 
 def _efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
@@ -75,12 +81,7 @@ def _efficientnet_pytorch_to_timm(state: dict[str, torch.Tensor], model: nn.Modu
 def shipped_state_dict(timm_name: str, model: nn.Module) -> dict[str, torch.Tensor]:
     """The shipped pretrained weights of ``timm_name`` in ``model``'s own key names (only the
     keys ``model`` has: a ``features_only`` model drops the head)."""
-    if timm_name not in SHIPPED:
-        raise ConfigError(
-            f"no pretrained weights ship for backbone {timm_name!r}",
-            fix=f"use one of {sorted(SHIPPED)}, give pretrained_path (a local .safetensors), "
-            "or train from scratch (pretrained = false)",
-        )
+    require_shipped(timm_name)
     package, path_of = SHIPPED[timm_name]
     try:
         path = path_of()

@@ -69,14 +69,9 @@ class ModelConfig:
             )
         self.out_indices = tuple(self.out_indices)
         if self.pretrained and not self.pretrained_path:
-            from core.backbones import has_shipped_weights
+            from core.backbones import require_shipped
 
-            if not has_shipped_weights(self.backbone):
-                raise ConfigError(
-                    f"no pretrained weights ship for backbone {self.backbone!r}",
-                    fix="use backbone efficientnet_lite0, give pretrained_path (a local "
-                    ".safetensors), or train from scratch (pretrained = false, --scratch)",
-                )
+            require_shipped(self.backbone)
 
 
 class TimmFPN(nn.Module):
