@@ -15,6 +15,10 @@ alike; then the shedding server gets the same treatment at 32 clients (its queue
 400 (overload). The servers and the clients share the machine's cores: on 2 cores the client
 costs the server some of its CPU in both modes alike.
 
+Before the servers start, the model alone is timed in this process at batch 1 and batch 32
+(``model_only``): what batching can gain at all on this machine, before HTTP. The served
+ratio over that ceiling is ``batching.of_model_ceiling`` (1 = the serving layer loses nothing).
+
 Reported: throughput (answered requests per second), p50/p99 latency of answered requests,
 5xx counts, and the ratios the targets are stated in: ``batching.throughput_ratio`` (32
 clients, on/off; target >= 3), ``batching.p99_ratio`` (on/off; target <= 2),
@@ -131,6 +135,43 @@ SERVERS = {
     "off": {"max_batch_size": 1, "max_queue_delay_ms": 0.0},
     "shed": {"max_batch_size": 32, "max_queue_delay_ms": 5.0, "max_queue": 32},
 }
+
+
+def model_ceiling(bodies: list[bytes], threads: int, batch: int) -> dict[str, float]:
+    """What batching can gain before any HTTP: items/s of ``predict_batch`` in this process at
+    batch 1 and at ``batch`` (the on server's ``max_batch_size``), timed interleaved. The
+    served ``throughput_ratio`` cannot exceed ``ratio`` by much: the servers do the same
+    forwards plus HTTP, JSON and tokenisation on the same cores."""
+    import torch
+
+    from core.compress.report import interleaved_latency
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        p = IntentPredictor()
+        p.load()
+        p.warmup()
+        items = [p.decode(json.loads(b))[0] for b in bodies]
+        cursor = {1: 0, batch: 0}
+
+        def run(n: int) -> None:  # a different slice of the messages on every call
+            i = cursor[n]
+            p.predict_batch([items[(i + k) % len(items)] for k in range(n)])
+            cursor[n] = i + n
+
+        t = interleaved_latency(
+            {"1": lambda: run(1), str(batch): lambda: run(batch)}, rounds=6, block=12
+        )
+    finally:
+        torch.set_num_threads(prev)
+    one, many = 1 / t["1"], batch / t[str(batch)]
+    return {
+        "batch": batch,
+        "items_per_s_batch1": one,
+        "items_per_s_batched": many,
+        "ratio": many / one,
+    }
 
 
 def run_server(kind: str, port: int, threads: int) -> None:
@@ -286,6 +327,14 @@ def main() -> None:
     from core.train.distributed import free_port
 
     seconds = 3.0 if args.quick else args.seconds
+    bodies = messages(seed=0)
+    ceiling = model_ceiling(bodies, args.threads, SERVERS["on"]["max_batch_size"])
+    print(
+        f"model alone: {ceiling['items_per_s_batch1']:.1f} items/s at batch 1, "
+        f"{ceiling['items_per_s_batched']:.1f} at batch {ceiling['batch']} "
+        f"(ratio {ceiling['ratio']:.2f}: the most batching can gain here)",
+        flush=True,
+    )
     block = min(args.block, seconds)
     clients = [int(c) for c in args.clients.split(",")]
     ports = {k: free_port() for k in SERVERS}
@@ -312,7 +361,6 @@ def main() -> None:
     try:
         for k, p in ports.items():
             wait_until_ready(f"http://127.0.0.1:{p}", timeout=300, proc=procs[k])
-        bodies = messages(seed=0)
         for k in ("on", "off"):  # warm both (allocator, thread pools) before timing
             load(ports[k], 8, 2.0, bodies)
         rows, table = [], []
@@ -354,7 +402,10 @@ def main() -> None:
                 "throughput_ratio": at32["throughput_ratio"],
                 "p99_ratio": at32["p99_ratio"],
                 "errors_5xx": sum(r["on"]["errors_5xx"] + r["off"]["errors_5xx"] for r in rows),
+                # served ratio / what the model alone gains from batching (1 = no HTTP loss)
+                "of_model_ceiling": at32["throughput_ratio"] / ceiling["ratio"],
             },
+            "model_only": ceiling,
             "overload": {
                 "at_limit": over[n_limit],
                 "overloaded": over[args.overload_clients],
