@@ -6,7 +6,7 @@ Public API::
     result = Trainer(model, TrainerConfig(max_epochs=5), metrics={"accuracy": accuracy}).fit(train, val)
 """
 
-from core.train.callbacks import Callback, MLflowCallback, ProgressCallback
+from core.train.callbacks import Callback, EpochSetter, MLflowCallback, ProgressCallback
 from core.train.config import (
     CheckpointConfig,
     DistributedConfig,
@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointConfig",
     "DistributedConfig",
     "EarlyStoppingConfig",
+    "EpochSetter",
     "FitResult",
     "MLflowCallback",
     "OptimizerConfig",

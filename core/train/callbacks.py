@@ -48,6 +48,18 @@ class Callback:
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None: ...
 
 
+class EpochSetter(Callback):
+    """Calls ``dataset.set_epoch(epoch)`` as each epoch starts, so a dataset that draws its
+    augmentation or patches from ``(seed, epoch, index)`` gives other samples every epoch and
+    the same ones on a resumed run."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 class ProgressCallback(Callback):
     """A rich progress bar (loss, lr, samples/s, ETA) on a terminal; plain log lines otherwise."""
 

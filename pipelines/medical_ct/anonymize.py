@@ -97,7 +97,7 @@ def anonymize_folder(
     ``key``: the secret that fixes the UID mapping (default: a new random one per run)."""
     import pydicom
 
-    from pipelines.medical_ct.data import _is_dicom
+    from pipelines.medical_ct.data import is_dicom_file
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -113,7 +113,7 @@ def anonymize_folder(
     with atomic_dir(dst) as tmp:
         for p in sorted(q for q in src.rglob("*") if q.is_file()):
             size = p.stat().st_size
-            if size == 0 or not _is_dicom(p, size):
+            if size == 0 or not is_dicom_file(p, size):
                 rep.skipped["not DICOM"] = rep.skipped.get("not DICOM", 0) + 1
                 continue
             try:

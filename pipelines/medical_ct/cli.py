@@ -8,6 +8,9 @@ pipeline function and reports. Errors print one line (``error: what at where —
     medical-ct ingest data/medical_ct/synth/case_000/dicom --list
     medical-ct ingest /pacs/export/study1 --out study1.nii.gz
     medical-ct anonymize /pacs/export/study1 /share/study1_anon
+    medical-ct train --data data/medical_ct/synth --out data/runs/medical_ct/model
+    medical-ct evaluate data/runs/medical_ct/model --data data/medical_ct/test --out eval/
+    medical-ct predict data/runs/medical_ct/model /pacs/export/study1 --out reports/
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import typer
 from core.cliutil import exits_on_error, setup_logging
 
 app = typer.Typer(
-    help="CT lung-nodule segmentation: synthesise phantoms, ingest DICOM, de-identify.",
+    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, predict.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -146,3 +149,102 @@ def anonymize(
     print(
         f"{rep.files} files in {rep.series} series written to {rep.out_dir} (not copied: {skipped})"
     )
+
+
+@app.command()
+@exits_on_error
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Option(help="folder of case folders (default: $DV_DATA_ROOT/medical_ct/synth)"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="model directory (default: $DV_DATA_ROOT/runs/medical_ct/model)"),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="optimizer steps (default 400)")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of patches, augmentation and weights")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON with TrainConfig fields (model, trainer sections...)")
+    ] = None,
+) -> None:
+    """Train the nodule U-Net on labelled cases (dicom/ or image.nii.gz + mask.nii.gz each)."""
+    from core.cliutil import read_json_config
+    from core.paths import data_root
+    from core.typedconfig import build
+    from pipelines.medical_ct.train import TrainConfig
+    from pipelines.medical_ct.train import train as run_train
+
+    kw = read_json_config(config)
+    if data is not None or "data" not in kw:
+        kw["data"] = str(data or data_root() / "medical_ct" / "synth")
+    if out is not None or "out_dir" not in kw:
+        kw["out_dir"] = str(out or data_root() / "runs" / "medical_ct" / "model")
+    if seed is not None:
+        kw["seed"] = seed
+    cfg = build(TrainConfig, kw)
+    if steps is not None:
+        cfg.trainer.max_steps = steps
+    res, path = run_train(cfg)
+    print(f"model written to {path} ({res.global_step} steps, {res.elapsed_s:.0f} s)")
+
+
+@app.command()
+@exits_on_error
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="model directory")],
+    data: Annotated[Path, typer.Option(help="folder of labelled case folders")],
+    out: Annotated[Path | None, typer.Option(help="write eval.json and froc.png here")] = None,
+) -> None:
+    """Per-case Dice, FROC, CPM, sensitivity at 1 FP/scan and size errors on labelled cases."""
+    from rich.progress import Progress
+
+    from pipelines.medical_ct.evaluate import evaluate_cases, write_report
+    from pipelines.medical_ct.model import load_segmenter
+    from pipelines.medical_ct.train import load_cases
+
+    seg = load_segmenter(model)
+    cases = load_cases(data)
+    with Progress(transient=True) as bar:
+        task = bar.add_task("evaluating", total=len(cases))
+        rep = evaluate_cases(
+            cases, lambda v: seg(v)[:2], progress=lambda i, n: bar.update(task, completed=i)
+        )
+    s = rep.summary()
+    s.pop("froc")
+    print(json.dumps(s, indent=1))
+    if out:
+        write_report(rep, out)
+        print(f"wrote {out}/eval.json and froc.png")
+
+
+@app.command()
+@exits_on_error
+def predict(
+    model: Annotated[Path, typer.Argument(help="model directory")],
+    studies: Annotated[list[Path], typer.Argument(help="DICOM folders or NIfTI files")],
+    out: Annotated[Path, typer.Option(help="report folders are written under this folder")],
+    series: Annotated[
+        str | None, typer.Option("--series", help="SeriesInstanceUID (one study)")
+    ] = None,
+) -> None:
+    """Nodule reports (JSON, Markdown, overlays, NIfTI mask, DICOM SEG) for each study."""
+    from rich.progress import track
+
+    from pipelines.medical_ct.config import IngestConfig
+    from pipelines.medical_ct.predict import NoduleSegmenter
+    from pipelines.medical_ct.report import write_report
+
+    seg = NoduleSegmenter(model)
+    names = [
+        s.name.removesuffix(".gz").removesuffix(".nii") or f"study_{i}"
+        for i, s in enumerate(studies)
+    ]
+    if len(set(names)) != len(names):
+        names = [f"{i:03d}_{n}" for i, n in enumerate(names)]
+    for study, name in track(list(zip(studies, names, strict=True)), description="reading studies"):
+        res = seg.predict(study, IngestConfig(series_uid=series))
+        path = write_report(res, out / name)
+        print(f"{study}: {len(res.nodules)} nodule(s) -> {path}")

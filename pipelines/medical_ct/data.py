@@ -121,6 +121,7 @@ class Volume:
     direction: np.ndarray
     series_uid: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    source_files: tuple[str, ...] = ()  # the DICOM file of each slice, in array order
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -228,7 +229,7 @@ class FolderIndex:
         return {k: len(v) for k, v in sorted(self.skipped_files.items())}
 
 
-def _is_dicom(path: Path, size: int) -> bool:
+def is_dicom_file(path: Path, size: int) -> bool:
     """A Part-10 file (``DICM`` at byte 128) or a preamble-less one that opens with a group
     0x0008 tag (old exports write those)."""
     with path.open("rb") as f:
@@ -337,7 +338,7 @@ def index_folder(root: str | os.PathLike[str], cfg: IngestConfig | None = None) 
                 )
             skipped["empty file"].append(p)
             continue
-        if not _is_dicom(p, size):
+        if not is_dicom_file(p, size):
             if named and not cfg.skip_corrupt:
                 raise DataError(
                     "file named as DICOM is not DICOM (no 'DICM' marker)",
@@ -615,6 +616,7 @@ def load_series(series: SeriesInfo, cfg: IngestConfig | None = None) -> Volume:
         direction=direction,
         series_uid=series.uid,
         meta=meta,
+        source_files=() if resampled else tuple(str(s.path) for s in sl),
     )
 
 

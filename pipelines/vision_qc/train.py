@@ -27,6 +27,7 @@ from core.errors import DataError
 from core.models import arch_module
 from core.train import (
     Callback,
+    EpochSetter,
     FitResult,
     Trainer,
     TrainerConfig,
@@ -190,14 +191,6 @@ class DetectionTrainer(Trainer):
         return sum(losses.values()), None, None
 
 
-class _EpochSetter(Callback):
-    def __init__(self, ds: DetectionDataset) -> None:
-        self.ds = ds
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        self.ds.set_epoch(epoch)
-
-
 def param_groups(model: nn.Module, backbone_lr_scale: float) -> list[dict[str, Any]]:
     """Optimizer groups: the backbone at ``backbone_lr_scale`` times the learning rate (the
     schedule scales both alike), everything else at the full rate."""
@@ -267,7 +260,7 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
             param_groups(model, cfg.backbone_lr_scale), cfg.trainer.optimizer
         ),
         collate_fn=collate,
-        callbacks=[_EpochSetter(train_ds), *(callbacks or [])],
+        callbacks=[EpochSetter(train_ds), *(callbacks or [])],
     )
     result = trainer.fit(train_ds)
     out = Path(cfg.out_dir)

@@ -40,3 +40,55 @@ def test_errors_are_one_line_and_exit_2(tmp_path):
     assert r.exit_code == 2
     assert r.output.strip().startswith("error: no DICOM image found (1 not DICOM)")
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_train_evaluate_predict(tmp_path):
+    """The whole CLI path on a tiny model (few steps: the figures are not the point here)."""
+    tiny = {
+        "model": {"filters": [4, 8, 16], "roi": [16, 32, 32], "spacing_mm": [2.5, 2.5, 2.5]},
+        "trainer": {"progress": "off"},
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    r = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--cases", "2", "--size", "64"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "m"),
+            "--steps",
+            "3",
+            "--config",
+            str(tmp_path / "tiny.json"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "3 steps" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "m"),
+            "--data",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    ev = json.loads((tmp_path / "e" / "eval.json").read_text())
+    assert (
+        ev["n_cases"] == 2
+        and len(ev["dice_per_case"]) == 2
+        and (tmp_path / "e" / "froc.png").exists()
+    )
+    study = tmp_path / "s" / "case_000" / "dicom"
+    r = runner.invoke(
+        app, ["predict", str(tmp_path / "m"), str(study), "--out", str(tmp_path / "r")]
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r" / "dicom" / "report.json").read_text())
+    assert rep["shape"] == list(read_nifti(tmp_path / "r" / "dicom" / "mask.nii.gz").shape)
