@@ -99,12 +99,39 @@ _HEADER_TAGS = [
     "MediaStorageSOPClassUID",
     *META_KEYWORDS,
 ]
-_CODECS = {  # transfer syntax UID prefix -> what decodes it
-    "1.2.840.10008.1.2.4.5": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm, or Pillow",
-    "1.2.840.10008.1.2.4.7": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",
-    "1.2.840.10008.1.2.4.8": "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm",  # JPEG-LS
-    "1.2.840.10008.1.2.4.9": "pylibjpeg + pylibjpeg-openjpeg, or python-gdcm, or Pillow",
-    "1.2.840.10008.1.2.4.20": "pylibjpeg + pylibjpeg-openjpeg",  # HTJ2K
+_PIXEL_TAGS = [  # what the pixel pass needs (the header pass read the rest)
+    "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "BitsStored",
+    "HighBit",
+    "PixelRepresentation",
+    "PlanarConfiguration",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "PixelPaddingValue",
+    "PixelPaddingRangeLimit",
+    "PixelData",
+]
+_JPEG = "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm, or Pillow"
+_JPEG_LOSSLESS = "pylibjpeg + pylibjpeg-libjpeg, or python-gdcm"
+_JPEG_LS = "pyjpegls, or pylibjpeg + pylibjpeg-libjpeg, or python-gdcm"
+_J2K = "pylibjpeg + pylibjpeg-openjpeg, or python-gdcm, or Pillow"
+_CODECS = {  # transfer syntax UID -> what decodes it
+    "1.2.840.10008.1.2.4.50": _JPEG,
+    "1.2.840.10008.1.2.4.51": _JPEG,
+    "1.2.840.10008.1.2.4.57": _JPEG_LOSSLESS,
+    "1.2.840.10008.1.2.4.70": _JPEG_LOSSLESS,
+    "1.2.840.10008.1.2.4.80": _JPEG_LS,
+    "1.2.840.10008.1.2.4.81": _JPEG_LS,
+    "1.2.840.10008.1.2.4.90": _J2K,
+    "1.2.840.10008.1.2.4.91": _J2K,
+    "1.2.840.10008.1.2.4.201": "pylibjpeg + pylibjpeg-openjpeg",  # HTJ2K
+    "1.2.840.10008.1.2.4.202": "pylibjpeg + pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg + pylibjpeg-openjpeg",
 }
 
 
@@ -469,7 +496,7 @@ def choose_series(index: FolderIndex, cfg: IngestConfig | None = None) -> Series
 def _decoder_error(path: Path, ds: Any, exc: Exception) -> DataError:
     ts = ds.file_meta.TransferSyntaxUID
     if getattr(ts, "is_compressed", False):
-        need = next((v for k, v in _CODECS.items() if str(ts).startswith(k)), "a pixel-data plugin")
+        need = _CODECS.get(str(ts), "a pixel-data plugin that pydicom supports for it")
         return DataError(
             f"cannot decode compressed pixel data ({ts.name}, {ts})",
             where=str(path),
@@ -482,7 +509,7 @@ def _pixels(h: SliceHeader) -> tuple[np.ndarray, float, float, tuple[float, floa
     import pydicom
 
     try:
-        ds = pydicom.dcmread(h.path, force=True)
+        ds = pydicom.dcmread(h.path, force=True, specific_tags=_PIXEL_TAGS)
     except Exception as exc:  # truncated after the header pass read it
         raise DataError(
             f"truncated or corrupt DICOM file ({type(exc).__name__})", where=str(h.path)
