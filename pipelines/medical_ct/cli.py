@@ -248,3 +248,44 @@ def predict(
         res = seg.predict(study, IngestConfig(series_uid=series))
         path = write_report(res, out / name)
         print(f"{study}: {len(res.nodules)} nodule(s) -> {path}")
+
+
+@app.command()
+@exits_on_error
+def serve(
+    model_dir: Annotated[Path | None, typer.Argument(help="model directory to serve")] = None,
+    registry: Annotated[
+        str | None, typer.Option(help="serve this registered model's alias instead (hot reload)")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="registry alias to follow")] = "production",
+    name: Annotated[str | None, typer.Option(help="model name in URLs")] = None,
+    host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8080,
+    max_body_mb: Annotated[float, typer.Option(help="upload limit (MB)")] = 500.0,
+    max_files: Annotated[int, typer.Option(help="files in an uploaded zip")] = 2000,
+    max_voxels: Annotated[int, typer.Option(help="voxels of the uploaded volume")] = 512
+    * 512
+    * 1000,
+) -> None:
+    """Serve the segmenter over HTTP: POST /v1/models/NAME/predict with a zipped DICOM series
+    or a NIfTI file (multipart); the answer is the nodule list."""
+    from core.serve import ServeConfig
+    from core.serve.app import app_for
+    from core.serve.server import serve as run_server
+    from pipelines.medical_ct.serve import NodulePredictor, UploadLimits
+
+    limits = UploadLimits(max_files=max_files, max_voxels=max_voxels)
+    cfg = ServeConfig(
+        max_body_bytes=int(max_body_mb * 2**20), max_batch_size=1, request_timeout_s=600.0
+    )
+    if registry:
+        cfg.alias = alias
+        cfg.watch_interval_s = 10.0
+    application = app_for(
+        lambda path, n, version: NodulePredictor(path, n, version, limits=limits),
+        cfg,
+        model_dir,
+        registry,
+        name,
+    )
+    run_server(application, host, port)
