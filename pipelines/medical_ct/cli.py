@@ -24,7 +24,7 @@ import typer
 from core.cliutil import exits_on_error, setup_logging
 
 app = typer.Typer(
-    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, predict.",
+    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, predict, serve.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -289,3 +289,7 @@ def serve(
         name,
     )
     run_server(application, host, port)
+
+
+if __name__ == "__main__":
+    app()
