@@ -316,14 +316,14 @@ def serve(
         decode_workers=decode_workers,
         api_key_env=api_key_env,
     )
-    if registry:
-        cfg.alias, cfg.watch_interval_s = alias, watch_interval
     application = app_for(
         lambda path, n, version: ModelDirPredictor(path, name=n, version=version),
         cfg,
         model_dir,
         registry,
         name,
+        alias=alias,
+        watch_interval_s=watch_interval,
     )
     run_server(application, host, port)
 

@@ -478,9 +478,13 @@ def app_for(
     model_dir: Any = None,
     registry: str | None = None,
     name: str | None = None,
+    alias: str | None = None,
+    watch_interval_s: float | None = None,
 ) -> FastAPI:
-    """The app for a model directory, or for a registered model's ``config.alias`` with hot
-    reload; ``predictor(path, name, version)`` builds the domain's predictor."""
+    """The app for a model directory, or for a registered model's alias (``alias``, else
+    ``config.alias``, else ``"production"``) with hot reload, polled every
+    ``watch_interval_s`` (else ``config.watch_interval_s``); ``predictor(path, name,
+    version)`` builds the domain's predictor."""
     from pathlib import Path
 
     from core.errors import ConfigError
@@ -488,7 +492,9 @@ def app_for(
     if registry:
         from core.registry import ModelRegistry, RegistryWatcher
 
-        cfg_alias = config.alias or "production"
+        cfg_alias = alias or config.alias or "production"
+        if watch_interval_s is not None:
+            config.watch_interval_s = watch_interval_s
         watcher = RegistryWatcher(ModelRegistry(), registry, cfg_alias, predictor=predictor)
         config.alias = cfg_alias
         return create_app(watcher.current(), config, watcher=watcher)

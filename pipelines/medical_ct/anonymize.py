@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,11 @@ def anonymize_folder(
     ``key``: the secret that fixes the UID mapping (default: a new random one per run)."""
     import pydicom
 
-    from pipelines.medical_ct.data import is_dicom_file
+    from pipelines.medical_ct.data import (
+        MEDIA_DIRECTORY_STORAGE,
+        SECONDARY_CAPTURE_PREFIX,
+        is_dicom_file,
+    )
 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
@@ -110,11 +115,12 @@ def anonymize_folder(
     rep = AnonymizeReport(dst)
     series_dirs: dict[str, str] = {}
     counts: dict[str, int] = {}
+    skipped: Counter[str] = Counter()
     with atomic_dir(dst) as tmp:
         for p in sorted(q for q in src.rglob("*") if q.is_file()):
             size = p.stat().st_size
             if size == 0 or not is_dicom_file(p, size):
-                rep.skipped["not DICOM"] = rep.skipped.get("not DICOM", 0) + 1
+                skipped["not DICOM"] += 1
                 continue
             try:
                 ds = pydicom.dcmread(p, force=True)
@@ -122,16 +128,12 @@ def anonymize_folder(
                 raise DataError(
                     f"unreadable DICOM file ({type(exc).__name__})", where=str(p)
                 ) from exc
-            if (
-                str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
-                == "1.2.840.10008.1.3.10"
-            ):
-                rep.skipped["DICOMDIR"] = rep.skipped.get("DICOMDIR", 0) + 1
+            media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+            if media == MEDIA_DIRECTORY_STORAGE:
+                skipped["DICOMDIR"] += 1
                 continue
-            if str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.7"):
-                rep.skipped["secondary capture (may hold burned-in text)"] = (
-                    rep.skipped.get("secondary capture (may hold burned-in text)", 0) + 1
-                )
+            if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX):
+                skipped["secondary capture (may hold burned-in text)"] += 1
                 continue
             old_series = str(ds.get("SeriesInstanceUID", ""))
             anonymize_dataset(ds, uids)
@@ -144,4 +146,5 @@ def anonymize_folder(
         if rep.files == 0:
             raise DataError("no DICOM file to de-identify", where=str(src))
     rep.series = len(series_dirs)
+    rep.skipped = dict(skipped)
     return rep

@@ -278,15 +278,14 @@ def serve(
     cfg = ServeConfig(
         max_body_bytes=int(max_body_mb * 2**20), max_batch_size=1, request_timeout_s=600.0
     )
-    if registry:
-        cfg.alias = alias
-        cfg.watch_interval_s = 10.0
     application = app_for(
         lambda path, n, version: NodulePredictor(path, n, version, limits=limits),
         cfg,
         model_dir,
         registry,
         name,
+        alias=alias,
+        watch_interval_s=10.0,
     )
     run_server(application, host, port)
 

@@ -355,24 +355,23 @@ def index_folder(root: str | os.PathLike[str], cfg: IngestConfig | None = None) 
     by_series: dict[str, list[SliceHeader]] = defaultdict(list)
     for p in paths:
         size = p.stat().st_size
-        named = p.suffix.lower() in DICOM_SUFFIXES
-        if size == 0:
-            if named and not cfg.skip_corrupt:
+        bad = (
+            ("empty file", "zero-byte DICOM file (an interrupted copy?)", "copy the series again")
+            if size == 0
+            else (
+                "not DICOM",
+                "file named as DICOM is not DICOM (no 'DICM' marker)",
+                "re-export it",
+            )
+            if not is_dicom_file(p, size)
+            else None
+        )
+        if bad:  # a file named .dcm that is not DICOM is an error; any other is skipped
+            if p.suffix.lower() in DICOM_SUFFIXES and not cfg.skip_corrupt:
                 raise DataError(
-                    "zero-byte DICOM file (an interrupted copy?)",
-                    where=str(p),
-                    fix="copy the series again, or skip such files with skip_corrupt",
+                    bad[1], where=str(p), fix=f"{bad[2]}, or skip such files with skip_corrupt"
                 )
-            skipped["empty file"].append(p)
-            continue
-        if not is_dicom_file(p, size):
-            if named and not cfg.skip_corrupt:
-                raise DataError(
-                    "file named as DICOM is not DICOM (no 'DICM' marker)",
-                    where=str(p),
-                    fix="re-export it, or skip such files with skip_corrupt",
-                )
-            skipped["not DICOM"].append(p)
+            skipped[bad[0]].append(p)
             continue
         try:
             h = read_header(p)

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 
 from pipelines.medical_ct.config import IngestConfig
-from pipelines.medical_ct.data import Volume, read_dicom, read_nifti
+from pipelines.medical_ct.data import META_KEYWORDS, Volume, read_dicom, read_nifti
 from pipelines.medical_ct.model import load_segmenter
 from pipelines.medical_ct.nodules import FoundNodule
+
+STUDY_FIELDS = tuple(k for k in META_KEYWORDS if k != "SeriesDescription")  # in responses
 
 
 @dataclass
@@ -42,19 +44,7 @@ class StudyResult:
             "series_uid": v.series_uid,
             "shape": list(v.shape),
             "spacing_mm": [round(s, 4) for s in v.spacing],
-            "study": {
-                k: v.meta[k]
-                for k in (
-                    "Modality",
-                    "Manufacturer",
-                    "ManufacturerModelName",
-                    "KVP",
-                    "ConvolutionKernel",
-                    "SliceThickness",
-                    "BodyPartExamined",
-                )
-                if k in v.meta
-            },
+            "study": {k: v.meta[k] for k in STUDY_FIELDS if k in v.meta},
             "n_nodules": len(self.nodules),
             "nodules": [n.as_dict() for n in self.nodules],
             "seconds": round(self.seconds, 2),

@@ -327,18 +327,26 @@ class _Phantom:
             self._tube(a, b, rr + 1.5, HU["muscle"])
             self._tube(a, b, rr, HU["air"])
 
-    def _tube(self, a: np.ndarray, b: np.ndarray, r: float, value: float) -> None:
-        lo = np.floor(self.idx(np.minimum(a, b) - r - 2)).astype(int)
-        hi = np.ceil(self.idx(np.maximum(a, b) + r + 2)).astype(int) + 1
-        lo, hi = np.maximum(lo, 0), np.minimum(hi, self.shape)
+    def _box(
+        self, lo_mm: np.ndarray, hi_mm: np.ndarray
+    ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
+        """The voxels between two (z, y, x) mm corners, clipped to the volume: their slice,
+        first index and centres in mm (``(..., 3)``); None when the box lies outside."""
+        lo = np.maximum(np.floor(self.idx(lo_mm)).astype(int), 0)
+        hi = np.minimum(np.ceil(self.idx(hi_mm)).astype(int) + 1, self.shape)
         if np.any(hi <= lo):
-            return
+            return None
         sl = tuple(slice(int(a0), int(b0)) for a0, b0 in zip(lo, hi, strict=True))
-        zz, yy, xx = np.meshgrid(
+        idx = np.meshgrid(
             *(np.arange(a0, b0) for a0, b0 in zip(lo, hi, strict=True)), indexing="ij"
         )
-        p = self.mm(np.stack([zz, yy, xx], -1).astype(np.float64))
-        self.paint(self.soft(r - _segment_distance(p, a, b)), value, sl)
+        return sl, lo, self.mm(np.stack(idx, -1).astype(np.float64))
+
+    def _tube(self, a: np.ndarray, b: np.ndarray, r: float, value: float) -> None:
+        box = self._box(np.minimum(a, b) - r - 2, np.maximum(a, b) + r + 2)
+        if box is not None:
+            sl, _, p = box
+            self.paint(self.soft(r - _segment_distance(p, a, b)), value, sl)
 
     def vessels(self) -> None:
         """Three trees per lung (upper, middle, lower lobe) from the hilum; a branch that
@@ -416,13 +424,10 @@ class _Phantom:
             return rad * (1 + f)
 
         ext = rad * 1.5 + 2
-        lo = np.maximum(np.floor(self.idx(c - ext)).astype(int), 0)
-        hi = np.minimum(np.ceil(self.idx(c + ext)).astype(int) + 1, self.shape)
-        sl = tuple(slice(int(a0), int(b0)) for a0, b0 in zip(lo, hi, strict=True))
-        zz, yy, xx = np.meshgrid(
-            *(np.arange(a0, b0) for a0, b0 in zip(lo, hi, strict=True)), indexing="ij"
-        )
-        p = self.mm(np.stack([zz, yy, xx], -1).astype(np.float64)) - c
+        box = self._box(c - ext, c + ext)  # c lies inside the lung, so the box is not empty
+        assert box is not None
+        sl, lo, p = box
+        p = p - c
         dn = np.linalg.norm(p, axis=-1)
         u = p / np.maximum(dn, 1e-9)[..., None]
         lung_box = ndimage.binary_dilation(

@@ -449,15 +449,14 @@ def serve(
 
     limits = ServeLimits(max_images=max_images, max_pixels=int(max_megapixels * 1e6))
     cfg = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_batch_size=8)
-    if registry:
-        cfg.alias = alias
-        cfg.watch_interval_s = 10.0
     application = app_for(
         lambda path, n, version: DefectPredictor(path, n, version, limits=limits),
         cfg,
         model_dir,
         registry,
         name,
+        alias=alias,
+        watch_interval_s=10.0,
     )
     run_server(application, host, port)
 
