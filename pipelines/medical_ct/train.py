@@ -181,12 +181,10 @@ def _transforms(roi: tuple[int, int, int], pos: float, augment: bool) -> Any:
         RandGaussianSmoothd,
         RandScaleIntensityd,
         RandShiftIntensityd,
-        SpatialPadd,
     )
 
     keys = ["image", "label"]
-    t: list[Any] = [
-        SpatialPadd(keys=keys, spatial_size=roi, mode="constant"),
+    t: list[Any] = [  # PatchDataset pads each case to the roi first (its indices refer to that)
         RandCropByPosNegLabeld(
             keys=keys,
             label_key="label",
