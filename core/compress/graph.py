@@ -6,7 +6,7 @@ segments ``(space, length)`` along its channel dimension (dim 1 for conv feature
 last dim after a linear). A *space* is a set of channels that must be pruned together:
 
 * a conv/linear creates a new space for its outputs and *consumes* its input's layout;
-* BN and depthwise convolutions *carry* a layout (sliced alike);
+* batch and instance norms and depthwise convolutions *carry* a layout (sliced alike);
 * elementwise ops, pooling, activations, dropout, stochastic depth / drop path,
   interpolation, and softmax over a non-channel dim pass the layout through;
 * ``add``/``mul``/``sub`` of two feature maps *join* their spaces (residual connections);
@@ -52,6 +52,8 @@ _NORMS = (
     nn.GroupNorm,
     nn.modules.instancenorm._InstanceNorm,
 )
+# normalise each channel on its own (statistics per channel): they carry a layout
+_PER_CHANNEL_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 _LEAVES = (nn.modules.conv._ConvNd, nn.Linear, *_NORMS)
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh,
@@ -450,9 +452,9 @@ def build_graph(
                 lay[node], cdim[node] = out, len(sh) - 1
                 if name in exclude:
                     g.freeze(out, f"excluded: {name}")
-            elif isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            elif isinstance(mod, _PER_CHANNEL_NORMS):
                 if cdim[src] != 1 or factor.get(src, 1) != 1:
-                    opaque(node, f"batch norm on a non-channel layout at {name}")
+                    opaque(node, f"batch/instance norm on a non-channel layout at {name}")
                     continue
                 if shared_call(node, name, lay[src], 1, 1):
                     continue

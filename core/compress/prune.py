@@ -182,7 +182,9 @@ def _apply(g: DepGraph, keep: dict[int, torch.Tensor]) -> None:
         mod = g.model.get_submodule(name)
         if "carrier" in roles:
             idx = _index(g, roles["carrier"].layout, keep)
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            if isinstance(
+                mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+            ):
                 for attr in ("weight", "bias", "running_mean", "running_var"):
                     if getattr(mod, attr, None) is not None:
                         _set(mod, attr, getattr(mod, attr).detach()[idx])

@@ -39,7 +39,8 @@ def zero_half(model: nn.Module, example: torch.Tensor) -> None:
                     cols = (idx[:, None] * use.factor + torch.arange(use.factor)).flatten()
                     mod.weight.index_fill_(in_dim, cols, 0)
                     continue
-                mod.weight.index_fill_(out_dim if use.role == "producer" else 0, idx, 0)
+                if getattr(mod, "weight", None) is not None:  # a norm without affine has none
+                    mod.weight.index_fill_(out_dim if use.role == "producer" else 0, idx, 0)
                 if getattr(mod, "bias", None) is not None:
                     mod.bias[idx] = 0
 
@@ -350,6 +351,30 @@ def test_3d_unet_with_skip_concatenations():
     m = bn_eval(UNet3D())
     report = check_equivalent_after_pruning(m, torch.randn(1, 1, 8, 8, 8))
     assert m.d2[0].in_channels == 32 and report.mac_ratio >= 3.0
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_monai_dynunet_with_instance_norms_and_skip_concatenations(affine):
+    """Instance norms normalise each channel alone, so they are sliced with their conv (a
+    boundary there would leave the whole U-Net unpruned); the transposed up-convolutions and
+    the encoder skips concatenated into the decoder keep their offsets."""
+    from monai.networks.nets import DynUNet
+
+    torch.manual_seed(0)
+    m = DynUNet(3, 1, 2, [3] * 4, [1, 2, 2, 2], [2, 2, 2], filters=[16, 32, 32, 64],
+                norm_name=("instance", {"affine": affine}))  # fmt: skip
+    with torch.no_grad():  # non-trivial affine parameters, so slicing them is checked
+        for mod in m.modules():
+            if isinstance(mod, nn.InstanceNorm3d) and affine:
+                mod.weight.uniform_(0.5, 1.5)
+                mod.bias.uniform_(-0.2, 0.2)
+    report = check_equivalent_after_pruning(m, torch.randn(1, 1, 16, 16, 16))
+    assert m.input_block.conv1.conv.out_channels == 8
+    if affine:
+        assert m.input_block.norm1.weight.shape == (8,)
+    # deepest decoder block: up-convolution (32) + encoder skip (32), each halved
+    assert m.upsamples[0].conv_block.conv1.conv.in_channels == 16 + 16
+    assert report.mac_ratio >= 3.0
 
 
 def test_global_scope_prunes_unequally_but_to_the_overall_ratio():
