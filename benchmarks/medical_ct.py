@@ -190,22 +190,14 @@ def train_test_section(
     from pipelines.medical_ct.config import SynthConfig
     from pipelines.medical_ct.evaluate import evaluate_cases
     from pipelines.medical_ct.model import load_segmenter
-    from pipelines.medical_ct.synth import write_dataset
+    from pipelines.medical_ct.synth import test_config, write_dataset
     from pipelines.medical_ct.train import TrainConfig, default_trainer, load_cases, train
 
     train_cfg = SynthConfig(
         out_dir=str(work / "train"), n_cases=n_train, shape=(size, size), seed=0
     )
-    test_cfg = SynthConfig(  # other scanners: spacing, thickness, noise, nodule mix
-        out_dir=str(work / "test"),
-        n_cases=n_test,
-        shape=(size, size),
-        seed=1000,
-        fov_mm=(280.0, 420.0),
-        thickness_mm=(0.8, 1.5, 3.0),
-        noise_hu=(5.0, 40.0),
-        type_weights=(0.4, 0.25, 0.25, 0.1),
-    )
+    # other scanners: spacing, thickness, noise, nodule mix (seed 1000)
+    test_cfg = test_config(train_cfg, str(work / "test"), n_test)
     write_dataset(test_cfg)
     write_heldout(
         HeldoutConfig(out_dir=str(work / "heldout"), n_cases=n_heldout, shape=(size, size))

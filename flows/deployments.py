@@ -25,6 +25,7 @@ WEEKLY = "0 3 * * 0"  # 03:00 every Sunday
 
 
 def deployments(epochs: int = 4) -> list:
+    from flows.medical_ct import medical_ct_flow
     from flows.reference import reference_flow
     from flows.vision_qc import vision_qc_flow
 
@@ -44,6 +45,15 @@ def deployments(epochs: int = 4) -> list:
             description="Weekly retraining of the defect detector on the data under "
             "$DV_DATA_ROOT/vision_qc/synth (or the data_dir parameter); promoted only if it "
             "beats production on the test split",
+        ),
+        medical_ct_flow.to_deployment(
+            name="medical-ct-weekly-retrain",
+            cron=WEEKLY,
+            parameters={"synthesize": False},
+            tags=["retrain", "medical_ct"],
+            description="Weekly retraining of the nodule segmenter on the cases under "
+            "$DV_DATA_ROOT/medical_ct/synth, tested on .../synth_test (or the data_dir and "
+            "test_dir parameters); promoted only if its CPM beats production",
         ),
     ]
 

@@ -10,6 +10,7 @@ pipeline function and reports. Errors print one line (``error: what at where —
     medical-ct anonymize /pacs/export/study1 /share/study1_anon
     medical-ct train --data data/medical_ct/synth --out data/runs/medical_ct/model
     medical-ct evaluate data/runs/medical_ct/model --data data/medical_ct/test --out eval/
+    medical-ct compress data/runs/medical_ct/model --data data/medical_ct/synth --test data/medical_ct/test
     medical-ct predict data/runs/medical_ct/model /pacs/export/study1 --out reports/
 """
 
@@ -24,7 +25,7 @@ import typer
 from core.cliutil import exits_on_error, setup_logging
 
 app = typer.Typer(
-    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, predict, serve.",
+    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, compress, predict, serve.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -201,11 +202,11 @@ def evaluate(
     """Per-case Dice, FROC, CPM, sensitivity at 1 FP/scan and size errors on labelled cases."""
     from rich.progress import Progress
 
+    from pipelines.medical_ct.deploy import load_deployed
     from pipelines.medical_ct.evaluate import evaluate_cases, write_report
-    from pipelines.medical_ct.model import load_segmenter
     from pipelines.medical_ct.train import load_cases
 
-    seg = load_segmenter(model)
+    seg = load_deployed(model)
     cases = load_cases(data)
     with Progress(transient=True) as bar:
         task = bar.add_task("evaluating", total=len(cases))
@@ -218,6 +219,48 @@ def evaluate(
     if out:
         write_report(rep, out)
         print(f"wrote {out}/eval.json and froc.png")
+
+
+@app.command()
+@exits_on_error
+def compress(
+    model: Annotated[Path, typer.Argument(help="trained model directory (medical-ct train)")],
+    data: Annotated[Path, typer.Option(help="training cases (INT8 calibration patches)")],
+    test: Annotated[Path, typer.Option(help="labelled test cases (the parity report)")],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="fp32/, int8/ and parity.json here (default: $DV_DATA_ROOT/runs/medical_ct/deploy)"
+        ),
+    ] = None,
+    prune: Annotated[
+        float, typer.Option(help="channel pruning ratio, no fine-tuning (0 = off)")
+    ] = 0.0,
+    calibration: Annotated[
+        str, typer.Option(help="minmax | percentile | entropy | mse")
+    ] = "percentile",
+    config: Annotated[Path | None, typer.Option(help="JSON with DeployConfig fields")] = None,
+) -> None:
+    """Prune (optional), export fp32 and INT8 ONNX, and report parity on test cases; exits 1
+    when the INT8 model fails the gate (its directory is still written, for inspection)."""
+    from core.cliutil import read_json_config
+    from core.paths import data_root
+    from core.typedconfig import build
+    from pipelines.medical_ct.deploy import DeployConfig, deploy
+    from pipelines.medical_ct.train import load_cases
+
+    kw = {"prune_ratio": prune, "calibration": calibration, **read_json_config(config)}
+    kw["out_dir"] = str(out or kw.get("out_dir") or data_root() / "runs" / "medical_ct" / "deploy")
+    cfg = build(DeployConfig, kw)
+    rep = deploy(model, load_cases(data), load_cases(test), cfg)
+    for v in rep.variants:
+        dice = "-" if v.dice_mean is None else f"{v.dice_mean:.4f}"
+        print(f"{v.name:11s} Dice {dice}  CPM {v.cpm:.4f}  agreement {v.agreement:.4f}  "
+              f"{v.size_bytes / 1e6:.2f} MB  {v.path}")  # fmt: skip
+    print(f"INT8 Dice drop {rep.dice_drop:.4f}, size ratio {rep.size_ratio:.2f}x; "
+          f"gate {'passed' if rep.passed else 'FAILED: ' + '; '.join(rep.reasons)}")  # fmt: skip
+    if not rep.passed:
+        raise typer.Exit(1)
 
 
 @app.command()

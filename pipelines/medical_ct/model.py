@@ -37,6 +37,7 @@ class ModelConfig:
     hu_window: tuple[float, float] = (-1000.0, 400.0)  # HU mapped to [0, 1], clipped outside
     roi: tuple[int, int, int] = (32, 64, 64)  # patch (training) and window (inference), voxels
     overlap: float = 0.25  # sliding-window overlap at inference
+    lung_field: bool = True  # infer inside the lung field only (lungs.py); False: whole volume
     sw_batch_size: int = 4  # windows per forward at inference
 
     def __post_init__(self) -> None:
@@ -126,22 +127,27 @@ def resample(x: torch.Tensor, shape: tuple[int, int, int], mode: str = "trilinea
     return F.interpolate(x, size=shape, mode="trilinear", align_corners=False)
 
 
+def hu_on_model_grid(vol: Volume, cfg: ModelConfig) -> torch.Tensor:
+    """``(1, 1, D', H', W')`` float32 HU resampled to ``cfg.spacing_mm``."""
+    x = torch.from_numpy(np.ascontiguousarray(vol.array, dtype=np.float32))[None, None]
+    return resample(x, grid_shape(vol, cfg.spacing_mm))
+
+
 def to_model_grid(vol: Volume, cfg: ModelConfig) -> torch.Tensor:
     """``(1, 1, D', H', W')`` float32: ``vol`` windowed and resampled to ``cfg.spacing_mm``."""
-    x = torch.from_numpy(np.ascontiguousarray(vol.array, dtype=np.float32))[None, None]
-    return window(resample(x, grid_shape(vol, cfg.spacing_mm)), cfg.hu_window)  # type: ignore[return-value]
+    return window(hu_on_model_grid(vol, cfg), cfg.hu_window)  # type: ignore[return-value]
 
 
-def predict_probability(
-    net: nn.Module | Callable[[torch.Tensor], torch.Tensor], vol: Volume, cfg: ModelConfig
-) -> np.ndarray:
-    """Nodule probability ``(D, H, W)`` float32 on ``vol``'s grid: sliding windows of
-    ``cfg.roi`` with Gaussian blending on the model grid, softmax, resampled back."""
+def sliding_window(
+    net: nn.Module | Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, cfg: ModelConfig
+) -> torch.Tensor:
+    """MONAI ``sliding_window_inference`` over ``x`` ``(1, 1, D, H, W)`` with ``cfg``'s roi,
+    overlap and Gaussian blending: logits ``(1, 2, D, H, W)``. A grid smaller than the roi is
+    padded by the inferer."""
     from monai.inferers import sliding_window_inference
 
-    x = to_model_grid(vol, cfg)  # a grid smaller than the roi is padded by the inferer
     with torch.inference_mode():
-        logits = sliding_window_inference(
+        return sliding_window_inference(
             x,
             roi_size=cfg.roi,
             sw_batch_size=cfg.sw_batch_size,
@@ -150,9 +156,37 @@ def predict_probability(
             mode="gaussian",
             padding_mode="replicate",
         )
-        prob = torch.softmax(logits.float(), dim=1)[:, 1:2]
-        out = resample(prob, vol.shape)[0, 0]
-    return out.numpy().astype(np.float32)
+
+
+def predict_probability(
+    net: nn.Module | Callable[[torch.Tensor], torch.Tensor], vol: Volume, cfg: ModelConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Nodule probability ``(D, H, W)`` float32 on ``vol``'s grid, and the lung field there
+    (``None`` when ``cfg.lung_field`` is off or the volume shows no lung): sliding windows of
+    ``cfg.roi`` with Gaussian blending on the model grid, softmax, resampled back.
+
+    With the field, the windows cover only its bounding box plus a quarter roi of context and
+    the probability outside that box is 0: the network runs on a fraction of the volume, and
+    :class:`Segmenter` keeps only nodules that touch the field (none in the air around the
+    patient, the bowel or the spine; those on the pleura whole). A volume without a lung
+    field is read whole."""
+    from pipelines.medical_ct.lungs import bounding_box, lung_field
+
+    hu = hu_on_model_grid(vol, cfg)
+    field = lung_field(hu[0, 0].numpy(), cfg.spacing_mm) if cfg.lung_field else None
+    x = window(hu, cfg.hu_window)
+    if field is None:
+        prob = torch.softmax(sliding_window(net, x, cfg).float(), dim=1)[:, 1:2]
+    else:
+        box = (slice(None), slice(None), *bounding_box(field, tuple(r // 4 for r in cfg.roi)))
+        prob = torch.zeros_like(x)
+        prob[box] = torch.softmax(sliding_window(net, x[box], cfg).float(), dim=1)[:, 1:2]
+    with torch.inference_mode():
+        out = resample(prob, vol.shape)[0, 0].numpy().astype(np.float32)
+        if field is not None:
+            f = torch.from_numpy(field.astype(np.float32))[None, None]
+            field = resample(f, vol.shape, "nearest")[0, 0].numpy() > 0.5
+    return out, field
 
 
 class Segmenter:
@@ -173,8 +207,8 @@ class Segmenter:
     def __call__(self, vol: Volume) -> tuple[list, np.ndarray, np.ndarray]:
         from pipelines.medical_ct.nodules import find_nodules
 
-        prob = predict_probability(self.net, vol, self.cfg)
-        found, labels = find_nodules(prob, vol, self.threshold, self.min_diameter_mm)
+        prob, field = predict_probability(self.net, vol, self.cfg)
+        found, labels = find_nodules(prob, vol, self.threshold, self.min_diameter_mm, field)
         return found, labels, prob
 
 

@@ -69,10 +69,16 @@ def longest_axial_mm(section: np.ndarray, spacing_yx: tuple[float, float]) -> fl
 
 
 def find_nodules(
-    prob: np.ndarray, vol: Volume, threshold: float = 0.5, min_diameter_mm: float = 2.0
+    prob: np.ndarray,
+    vol: Volume,
+    threshold: float = 0.5,
+    min_diameter_mm: float = 2.0,
+    within: np.ndarray | None = None,
 ) -> tuple[list[FoundNodule], np.ndarray]:
     """Nodules in ``prob`` (``(D, H, W)`` on ``vol``'s grid) and their label map (``k`` for
-    nodule ``k``, ids by descending confidence)."""
+    nodule ``k``, ids by descending confidence). ``within``: a boolean mask on the same grid
+    (the lung field); a component with no voxel in it is dropped, one that touches it is kept
+    whole."""
     if prob.shape != vol.shape:
         raise ValueError(f"probability {prob.shape} is not on the volume's grid {vol.shape}")
     labels, n = ndimage.label(prob >= threshold, structure=np.ones((3, 3, 3), bool))
@@ -85,7 +91,7 @@ def find_nodules(
             m = labels[sl] == k
             vol_mm3 = float(m.sum()) * voxel
             dia = (6 * vol_mm3 / np.pi) ** (1 / 3)
-            if dia < min_diameter_mm:
+            if dia < min_diameter_mm or (within is not None and not within[sl][m].any()):
                 continue
             idx = np.argwhere(m) + [s.start for s in sl]
             c = idx.mean(0)

@@ -20,7 +20,7 @@ import numpy as np
 
 from pipelines.medical_ct.config import IngestConfig
 from pipelines.medical_ct.data import META_KEYWORDS, Volume, read_dicom, read_nifti
-from pipelines.medical_ct.model import load_segmenter
+from pipelines.medical_ct.deploy import load_deployed
 from pipelines.medical_ct.nodules import FoundNodule
 
 STUDY_FIELDS = tuple(k for k in META_KEYWORDS if k != "SeriesDescription")  # in responses
@@ -53,11 +53,12 @@ class StudyResult:
 
 
 class NoduleSegmenter:
-    """A trained medical_ct model directory, ready to read studies."""
+    """A medical_ct model directory (PyTorch from ``train``, fp32 or INT8 ONNX from
+    ``compress``), ready to read studies. ``threads``: ONNX Runtime threads."""
 
-    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], threads: int | None = None) -> None:
         self.model_dir = Path(model_dir)
-        self.segmenter = load_segmenter(self.model_dir)
+        self.segmenter = load_deployed(self.model_dir, threads)
 
     def read(
         self, source: str | os.PathLike[str] | Volume, ingest: IngestConfig | None = None

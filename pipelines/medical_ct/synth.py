@@ -28,7 +28,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -600,6 +600,22 @@ def _write_study(cfg: SynthConfig, case: int, out: Path) -> Study:
         )
     )
     return Study(out, series_uid, nodules, sc)
+
+
+def test_config(train: SynthConfig, out_dir: str, n_cases: int) -> SynthConfig:
+    """A test set for ``train``: another seed and other scanners (fields of view, slice
+    thicknesses, noise) and another nodule mix, so test figures are not read off the
+    training distribution."""
+    return replace(
+        train,
+        out_dir=out_dir,
+        n_cases=n_cases,
+        seed=train.seed + 1000,
+        fov_mm=(280.0, 420.0),
+        thickness_mm=(0.8, 1.5, 3.0),
+        noise_hu=(5.0, 40.0),
+        type_weights=(0.4, 0.25, 0.25, 0.1),
+    )
 
 
 def write_dataset(cfg: SynthConfig) -> list[Study]:

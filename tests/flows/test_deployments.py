@@ -57,6 +57,9 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
             vqc = asyncio.run(deployment("vision-qc/vision-qc-weekly-retrain"))
             assert [s.schedule.cron for s in vqc.schedules] == [WEEKLY]
             assert vqc.parameters == {"synthesize": False}
+            ct = asyncio.run(deployment("medical-ct/medical-ct-weekly-retrain"))
+            assert [s.schedule.cron for s in ct.schedules] == [WEEKLY]
+            assert ct.parameters == {"synthesize": False}
             run = run_deployment(
                 "digits-reference/digits-nightly-retrain",
                 timeout=600,
