@@ -92,3 +92,22 @@ def test_train_evaluate_predict(tmp_path):
     assert r.exit_code == 0, r.output
     rep = json.loads((tmp_path / "r" / "dicom" / "report.json").read_text())
     assert rep["shape"] == list(read_nifti(tmp_path / "r" / "dicom" / "mask.nii.gz").shape)
+    # compress: INT8 at every conv of 8+ channels (the tiny model has none of 16); the gate
+    # exits 1 when it fails and says why, and the INT8 directory then predicts like any other
+    common = ["compress", str(tmp_path / "m"), "--data", str(tmp_path / "s"), "--test",
+              str(tmp_path / "s"), "--out", str(tmp_path / "d")]  # fmt: skip
+    (tmp_path / "d.json").write_text(json.dumps({"int8_min_channels": 8, "calibration_patches": 4}))
+    r = runner.invoke(app, [*common, "--config", str(tmp_path / "d.json")])
+    assert r.exit_code in (0, 1), r.output
+    assert "int8_onnx" in r.output and "size ratio" in r.output
+    parity = json.loads((tmp_path / "d" / "parity.json").read_text())
+    assert r.exit_code == (0 if parity["passed"] else 1)
+    strict = {"int8_min_channels": 8, "calibration_patches": 4, "min_agreement": 1.01}
+    (tmp_path / "strict.json").write_text(json.dumps(strict))
+    r = runner.invoke(app, [*common, "--config", str(tmp_path / "strict.json")])
+    assert r.exit_code == 1 and "FAILED: INT8 mask agreement" in r.output, r.output
+    r = runner.invoke(
+        app, ["predict", str(tmp_path / "d" / "int8"), str(study), "--out", str(tmp_path / "r8")]
+    )
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r8" / "dicom" / "report.json").is_file()
