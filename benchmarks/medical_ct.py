@@ -266,8 +266,8 @@ def train_test_section(
     from pipelines.medical_ct.synth import test_config, write_dataset
     from pipelines.medical_ct.train import TrainConfig, default_trainer, load_cases, train
 
-    train_cfg = SynthConfig(
-        out_dir=str(work / "train"), n_cases=n_train, shape=(size, size), seed=0
+    train_cfg = SynthConfig(  # 3-8 nodules a study: more nodules to learn from per study
+        out_dir=str(work / "train"), n_cases=n_train, shape=(size, size), seed=0, nodules=(3, 8)
     )
     # other scanners: spacing, thickness, noise, nodule mix (seed 1000)
     test_cfg = test_config(train_cfg, str(work / "test"), n_test)
@@ -310,9 +310,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sections", default="ingest,train")
     ap.add_argument(
-        "--steps", type=int, default=2000, help="training steps (about 0.75 s each on 2 cores)"
+        "--steps", type=int, default=1800, help="training steps (about 0.7 s each on 2 cores)"
     )
-    ap.add_argument("--train-cases", type=int, default=12)
+    ap.add_argument("--train-cases", type=int, default=16)
     ap.add_argument("--test-cases", type=int, default=8)
     ap.add_argument("--heldout-cases", type=int, default=6)
     ap.add_argument("--model", type=Path, help="evaluate this model directory instead of training")

@@ -10,9 +10,11 @@ with the fp32 PyTorch mask. Each variant is a model directory that
 
 What stays float in the INT8 model, and why:
 
-- ``InstanceNormalization``: its statistics are computed per input at run time, and ONNX
-  Runtime has no INT8 kernel for it; the tensors around it are dequantized.
-- ``LeakyRelu`` between a norm and the next convolution: it reads the norm's float output.
+- Batch norms (the default ``ModelConfig.norm``) are folded into their convolutions by ONNX
+  Runtime's graph optimizer before quantization, so nothing of them is left. A model trained
+  with ``norm="instance"`` keeps ``InstanceNormalization`` in float: its statistics are
+  computed per input at run time and ONNX Runtime has no INT8 kernel for it, so the tensors
+  around it are dequantized and ``LeakyRelu`` after it reads its float output.
 - ``ConvTranspose`` (the decoder's up-sampling): ONNX Runtime's CPU provider has no INT8
   transposed convolution; quantizing it would only add Q/DQ pairs.
 - Convolutions with fewer than ``DeployConfig.int8_min_channels`` output channels (the
@@ -164,6 +166,23 @@ def int8_convs(onnx_path: Path, min_channels: int) -> tuple[list[str], list[str]
     return q, f
 
 
+def float_ops(onnx_path: Path) -> list[str]:
+    """Op types of an INT8 QDQ model that run in float (every op but the Q/DQ pairs and
+    the convolutions whose weights are quantized)."""
+    import onnx
+
+    g = onnx.load(str(onnx_path)).graph
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    ops = set()
+    for n in g.node:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if n.op_type == "Conv" and producer.get(n.input[1]) == "DequantizeLinear":
+            continue
+        ops.add(n.op_type)
+    return sorted(ops)
+
+
 def _write_variant(
     out: Path, onnx_file: Path, config: dict[str, Any], step: str, details: dict[str, Any]
 ) -> None:
@@ -258,8 +277,8 @@ def deploy(
             "calibration_patches": len(calib),
             "int8_convs": len(include),
             "float_convs": len(kept),
-            "float_ops": "InstanceNormalization, LeakyRelu, ConvTranspose, "
-            f"Conv with < {cfg.int8_min_channels} output channels",
+            "float_ops": float_ops(tmp / "int8.onnx"),
+            "float_conv_rule": f"Conv with < {cfg.int8_min_channels} output channels",
         }
         _write_variant(out / "int8", tmp / "int8.onnx", config, "quantize", int8_details)
     weights = model_dir / "model.safetensors"

@@ -611,6 +611,7 @@ def test_config(train: SynthConfig, out_dir: str, n_cases: int) -> SynthConfig:
         out_dir=out_dir,
         n_cases=n_cases,
         seed=train.seed + 1000,
+        nodules=(1, 4),
         fov_mm=(280.0, 420.0),
         thickness_mm=(0.8, 1.5, 3.0),
         noise_hu=(5.0, 40.0),

@@ -8,7 +8,10 @@ finite values) and names the bad ones together.
 
 Each case is resampled once to the model grid (``ModelConfig.spacing_mm``; trilinear for the
 image, nearest for the mask) and windowed. Patches of ``ModelConfig.roi`` are drawn by MONAI's
-``RandCropByPosNegLabeld`` with ``pos_fraction`` of them centred on nodule voxels, then
+``RandCropByPosNegLabeld``; ``pos_fraction`` of them are centred on a voxel of one nodule
+drawn uniformly from the case's nodules (a voxel drawn uniformly from all nodule voxels would
+centre almost every patch on the largest nodule: a 26 mm one has 30x the voxels of an 8 mm
+one, and the medium nodules went unseen), then
 augmented by MONAI transforms (flips, intensity scale/shift, contrast, Gaussian noise and blur
 for other scanners' dose and kernels); the draw is seeded by ``(seed, epoch, index)``. The loss
 is MONAI's DiceCE; bf16 autocast where :func:`~core.train.bf16_is_fast`. The model directory
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from core.artifacts import save_model_dir
@@ -171,7 +175,7 @@ def load_cases(root: str | Path, names: tuple[str, ...] = ()) -> list[Case]:
     return cases
 
 
-def _transforms(roi: tuple[int, int, int], pos: float, augment: bool) -> Any:
+def _transforms(roi: tuple[int, int, int], augment: bool) -> Any:
     from monai.transforms import (
         Compose,
         RandAdjustContrastd,
@@ -189,8 +193,8 @@ def _transforms(roi: tuple[int, int, int], pos: float, augment: bool) -> Any:
             keys=keys,
             label_key="label",
             spatial_size=roi,
-            pos=pos,
-            neg=1.0 - pos,
+            pos=1.0,  # centred on an "fg" index: one nodule's voxels, or background ones
+            neg=0.0,
             num_samples=1,
             fg_indices_key="fg",
             bg_indices_key="bg",
@@ -231,9 +235,15 @@ class PatchDataset(Dataset):
             )[0]
             img, lab = pad(img), pad(lab)  # indices are taken on the padded grid
             flat = lab.reshape(-1).numpy() > 0
-            fg, bg = np.flatnonzero(flat), np.flatnonzero(~flat)
-            self.items.append({"image": img, "label": lab, "fg": fg, "bg": bg})
-        self.tf = _transforms(cfg.roi, pos, augment)
+            comp, n = ndimage.label(flat.reshape(lab.shape[1:]), structure=np.ones((3, 3, 3)))
+            order = np.argsort(comp.reshape(-1), kind="stable")
+            starts = np.searchsorted(comp.reshape(-1)[order], np.arange(n + 2))
+            nodules = [order[starts[k] : starts[k + 1]] for k in range(1, n + 1)]
+            self.items.append(
+                {"image": img, "label": lab, "nodules": nodules, "bg": np.flatnonzero(~flat)}
+            )
+        self.pos = pos
+        self.tf = _transforms(cfg.roi, augment)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -244,8 +254,11 @@ class PatchDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         item = dict(self.items[int(rng.integers(len(self.items)))])
-        if len(item["fg"]) == 0:  # a case without nodules: background patches only
-            item["fg"] = item["bg"][:1]
+        nodules = item.pop("nodules")
+        if nodules and rng.random() < self.pos:  # one nodule, uniformly, then one of its voxels
+            item["fg"] = nodules[int(rng.integers(len(nodules)))]
+        else:  # background (a case without nodules gives background patches only)
+            item["fg"] = item["bg"]
         self.tf.set_random_state(seed=int(rng.integers(2**31)))
         out = self.tf(item)
         out = out[0] if isinstance(out, list) else out

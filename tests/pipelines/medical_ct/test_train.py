@@ -43,6 +43,31 @@ def test_patches_follow_the_positive_fraction(data):
     assert not torch.equal(pos[3][0], a[0])
 
 
+def test_positive_patches_visit_small_nodules_as_often_as_large_ones():
+    """A voxel drawn from all nodule voxels would centre ~99% of the patches on the big
+    nodule here (its 4,169 voxels against 33); drawing the nodule first gives each half."""
+    import numpy as np
+
+    from pipelines.medical_ct.data import Volume
+    from pipelines.medical_ct.train import Case
+
+    z, y, x = np.mgrid[:40, :96, :96]
+    mask = np.zeros((40, 96, 96), np.int16)
+    mask[(z - 20) ** 2 + (y - 30) ** 2 + (x - 30) ** 2 <= 100] = 1  # r = 10 voxels
+    mask[(z - 20) ** 2 + (y - 70) ** 2 + (x - 70) ** 2 <= 4] = 2  # r = 2 voxels
+    hu = np.where(mask > 0, 0.0, -850.0).astype(np.float32)
+    vol = Volume(hu, (2.5, 2.5, 2.5), (0.0, 0.0, 0.0), np.eye(3))
+    ds = PatchDataset([Case("c", vol, mask, [])], TINY, 60, pos=1.0, augment=False, seed=0)
+    small = big = 0
+    for i in range(60):
+        lab = ds[i][1][0].numpy()
+        # the small nodule's patch holds its ~33 voxels and none of the big one's
+        small += int(0 < lab.sum() < 60)
+        big += int(lab.sum() >= 60)
+    assert small + big == 60
+    assert 18 <= small <= 42, (small, big)
+
+
 def test_train_writes_a_model_that_separates_nodules(data, tmp_path):
     tr = default_trainer()
     tr.max_steps, tr.progress, tr.precision = 50, "off", "fp32"
