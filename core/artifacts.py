@@ -113,6 +113,36 @@ def save_model_dir(
     return out
 
 
+def save_onnx_variant(
+    out: str | os.PathLike[str],
+    onnx_file: str | os.PathLike[str],
+    config: dict[str, Any],
+    step: str,
+    details: dict[str, Any],
+    title: str,
+) -> Path:
+    """Write ``out`` atomically as an ONNX model directory derived from a trained one:
+    ``model.onnx`` (a copy of ``onnx_file``), the source's ``config`` with ``format: onnx`` and
+    ``{"step": step, **details}`` appended to its ``compression`` history, ``metrics.json``
+    with ``details`` and a model card titled ``title``."""
+    import shutil
+
+    out = Path(out)
+    with write_model_dir(out) as tmp:
+        shutil.copy2(onnx_file, tmp / "model.onnx")
+        cfg = {
+            **config,
+            "format": "onnx",
+            "compression": [*config.get("compression", []), {"step": step, **details}],
+        }
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        (tmp / "metrics.json").write_text(json.dumps({step: details}, indent=2, default=str))
+        (tmp / "model_card.md").write_text(
+            f"# {title} — {step}\n\n" + "\n".join(f"- {k}: {v}" for k, v in details.items()) + "\n"
+        )
+    return out
+
+
 def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """``config.json`` of a model directory (PyTorch or ONNX), with errors naming what is wrong."""
     path = Path(path)

@@ -106,7 +106,9 @@ def shrink_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
                 mod.groups = w.shape[0]
         elif isinstance(mod, nn.Linear):
             mod.out_features, mod.in_features = w.shape
-        elif isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)):
+        elif isinstance(
+            mod, (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+        ):
             mod.num_features = w.shape[0]
         elif isinstance(mod, nn.LayerNorm):
             mod.normalized_shape = tuple(w.shape)

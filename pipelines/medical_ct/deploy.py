@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.artifacts import read_config, write_model_dir
+from core.artifacts import read_config, save_onnx_variant
 from core.errors import ConfigError, DataError, ModelLoadError
 from pipelines.medical_ct.evaluate import evaluate_cases
 from pipelines.medical_ct.model import ModelConfig, Segmenter, load_segmenter
@@ -94,7 +94,7 @@ class VariantParity:
 class DeployReport:
     variants: list[VariantParity]
     dice_drop: float  # fp32 PyTorch Dice minus INT8 Dice (0 when neither has a Dice)
-    size_ratio: float  # fp32 weights / INT8 model file
+    size_ratio: float  # fp32 ONNX file / INT8 ONNX file (same container, same graph)
     passed: bool
     reasons: list[str] = field(default_factory=list)
     fp32_dir: str = ""
@@ -186,20 +186,7 @@ def float_ops(onnx_path: Path) -> list[str]:
 def _write_variant(
     out: Path, onnx_file: Path, config: dict[str, Any], step: str, details: dict[str, Any]
 ) -> None:
-    with write_model_dir(out) as tmp:
-        shutil.copy2(onnx_file, tmp / "model.onnx")
-        cfg = {
-            **config,
-            "format": "onnx",
-            "compression": [*config.get("compression", []), {"step": step, **details}],
-        }
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        (tmp / "metrics.json").write_text(json.dumps({step: details}, indent=2, default=str))
-        (tmp / "model_card.md").write_text(
-            f"# medical_ct nodule U-Net — {step}\n\n"
-            + "\n".join(f"- {k}: {v}" for k, v in details.items())
-            + "\n"
-        )
+    save_onnx_variant(out, onnx_file, config, step, details, "medical_ct nodule U-Net")
 
 
 def _mask_agreement(ref: list[np.ndarray], other: list[np.ndarray]) -> float:
@@ -220,7 +207,7 @@ def deploy(
     ``calibration``: labelled cases for the INT8 activation ranges (the training cases). Writes
     ``out_dir/fp32``, ``out_dir/int8`` and ``out_dir/parity.json``; the report says why a gate
     failed."""
-    from core.compress.export import export_onnx
+    from core.compress.export import compact_names, export_onnx
     from core.compress.quantize import Int8StaticConfig, quantize
     from core.compress.report import count_macs, disk_size
     from core.models import load_model_dir
@@ -261,7 +248,10 @@ def deploy(
                 where=str(model_dir),
                 fix="lower int8_min_channels",
             )
-        _write_variant(out / "fp32", tmp / "fp32.onnx", config, "export", details)
+        fp32_file = tmp / "fp32_compact.onnx"
+        shutil.copy2(tmp / "fp32.onnx", fp32_file)
+        details["names"] = compact_names(fp32_file)
+        _write_variant(out / "fp32", fp32_file, config, "export", details)
         qcfg = Int8StaticConfig(
             calibration=cfg.calibration,  # type: ignore[arg-type]
             op_types=("Conv",),
@@ -269,8 +259,10 @@ def deploy(
         )
         batches = [calib[i : i + 4] for i in range(0, len(calib), 4)]
         q = quantize(tmp / "fp32.onnx", qcfg, out=tmp / "int8.onnx", calibration=batches)
+        names = compact_names(tmp / "int8.onnx")
         int8_details = {
             **details,
+            "names": names,
             "scheme": "Int8StaticConfig",
             "calibration": cfg.calibration,
             "reduce_range": q.reduce_range,
@@ -323,7 +315,7 @@ def deploy(
     report = DeployReport(
         variants,
         drop,
-        ref.size_bytes / max(int8.size_bytes, 1),
+        variants[1].size_bytes / max(int8.size_bytes, 1),
         not reasons,
         reasons,
         str(out / "fp32"),

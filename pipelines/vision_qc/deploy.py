@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.artifacts import read_config, write_model_dir
+from core.artifacts import read_config, save_onnx_variant
 from core.errors import ConfigError, DataError
 from pipelines.vision_qc.data import Sample
 from pipelines.vision_qc.evaluate import coco_map
@@ -133,20 +132,7 @@ def box_agreement(
 def _write_variant(
     out: Path, onnx_file: Path, config: dict[str, Any], step: str, details: dict[str, Any]
 ) -> None:
-    with write_model_dir(out) as tmp:
-        shutil.copy2(onnx_file, tmp / "model.onnx")
-        cfg = {
-            **config,
-            "format": "onnx",
-            "compression": [*config.get("compression", []), {"step": step, **details}],
-        }
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        (tmp / "metrics.json").write_text(json.dumps({step: details}, indent=2, default=str))
-        (tmp / "model_card.md").write_text(
-            f"# vision_qc detector — {step}\n\n"
-            + "\n".join(f"- {k}: {v}" for k, v in details.items())
-            + "\n"
-        )
+    save_onnx_variant(out, onnx_file, config, step, details, "vision_qc detector")
 
 
 def deploy(

@@ -148,6 +148,27 @@ def test_static_int8_keeps_accuracy_and_is_4x_smaller(trained, tmp_path, calibra
     assert ratio > 2.5  # this small model has fixed overheads; benchmarks measure the ResNet
 
 
+def test_compact_names_shrinks_the_file_and_computes_the_same(trained, tmp_path):
+    import onnx
+
+    from core.compress.export import compact_names
+
+    model, splits = trained
+    x = splits["val"][:4][0]
+    export_onnx(model, x, tmp_path / "fp32.onnx")
+    calib = [splits["train"][i : i + 32][0] for i in range(0, 128, 32)]
+    q = quantize(tmp_path / "fp32.onnx", Int8StaticConfig(), out=tmp_path / "int8.onnx",
+                 calibration=calib)  # fmt: skip
+    xs = splits["test"][:64][0].numpy()
+    ref = ort_session(q.path).run(None, {"input": xs})[0]
+    sizes = compact_names(q.path)
+    assert sizes["bytes_after"] < sizes["bytes_before"]
+    g = onnx.load(str(q.path)).graph
+    assert [i.name for i in g.input] == ["input"] and [o.name for o in g.output] == ["output"]
+    assert max(len(n.name) for n in g.node) <= 6
+    np.testing.assert_array_equal(ort_session(q.path).run(None, {"input": xs})[0], ref)
+
+
 def test_static_quantization_rejects_empty_or_nan_calibration(trained, tmp_path):
     model, splits = trained
     export_onnx(model, splits["val"][:4][0], tmp_path / "fp32.onnx")
