@@ -367,14 +367,15 @@ def main() -> None:
             ],
         )
     if not args.no_write:
-        if args.model is not None:  # keep the training run this model came from
-            import json
+        import json
 
-            old = Path(__file__).parent / "results" / "medical_ct.json"
-            if old.exists():
-                prev = json.loads(old.read_text())
-                result = {**{k: prev[k] for k in ("train", "own") if k in prev}, **result}
-                result["model_reused"] = str(args.model)
+        old = Path(__file__).parent / "results" / "medical_ct.json"
+        prev = json.loads(old.read_text()) if old.exists() else {}
+        keep = [] if "ingest" in sections else ["ingest"]  # sections not run this time
+        if args.model is not None:  # and the training run this model came from
+            keep += ["train", "own"]
+            result["model_reused"] = str(args.model)
+        result = {**{k: prev[k] for k in keep if k in prev}, **result}
         print(write_result("medical_ct", result))
 
 
