@@ -4,9 +4,10 @@ A 3-D U-Net (MONAI ``DynUNet``: two classes, background and nodule) registered a
 ``medical_ct_unet``. Its input contract: HU windowed to ``hu_window`` and scaled to [0, 1], on
 a grid resampled to ``spacing_mm`` ``(z, y, x)``, shaped ``(B, 1, D, H, W)``.
 :func:`to_model_grid` makes that from a :class:`~pipelines.medical_ct.data.Volume`;
-:func:`predict_probability` runs MONAI's ``sliding_window_inference`` (Gaussian blending) over
-the whole grid and returns the nodule probability back on the volume's own grid. Not here:
-patches and augmentation (``train.py``), connected components and measurements
+:func:`predict_probability` runs MONAI's sliding windows (Gaussian blending) over the windows
+that hold a voxel of the lung field (``lungs.py``; the whole grid without one) and returns
+the nodule probability back on the volume's own grid. Not here: patches and augmentation
+(``train.py``), the lung field itself (``lungs.py``), connected components and measurements
 (``nodules.py``). :class:`Segmenter` joins the two: volume in, nodules out.
 """
 
