@@ -202,7 +202,8 @@ class ModelRegistry:
                 where=str(model_dir),
                 fix="register a directory written by training, export or quantization",
             )
-        if not any((model_dir / f).is_file() for f in ("model.safetensors", "model.onnx")):
+        # model.safetensors / model.onnx, or an ensemble's several (finance_risk: boosting.onnx...)
+        if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.onnx")):
             raise RegistryError(
                 "model directory has no weights (model.safetensors or model.onnx)",
                 where=str(model_dir),

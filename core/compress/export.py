@@ -16,6 +16,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -230,4 +231,82 @@ def export_program(
     tmp = path.with_name(f".tmp-{path.name}")
     torch.export.save(program, str(tmp))
     os.replace(tmp, path)
+    return parity
+
+
+def _skl2onnx() -> Any:
+    """skl2onnx, with its tree converters made to write 0/1 instead of Python booleans into
+    ``nodes_missing_value_tracks_true`` (onnx >= 1.18 refuses booleans in an int list; the
+    converter of skl2onnx 1.20 still passes them for histogram gradient boosting)."""
+    from core.errors import require
+
+    skl2onnx = require("skl2onnx", feature="scikit-learn to ONNX export")
+    import skl2onnx.common.tree_ensemble as te
+
+    if not getattr(te.add_node, "_dv_int_missing", False):
+        original = te.add_node
+
+        def add_node(*args: Any, nodes_missing_value_tracks_true: Any = 0, **kw: Any) -> Any:
+            return original(
+                *args, nodes_missing_value_tracks_true=int(nodes_missing_value_tracks_true), **kw
+            )
+
+        add_node._dv_int_missing = True  # type: ignore[attr-defined]
+        te.add_node = add_node
+    return skl2onnx
+
+
+def export_sklearn(
+    estimator: Any,
+    sample: np.ndarray,
+    path: str | os.PathLike[str],
+    reference: np.ndarray,
+    *,
+    output: int = 1,
+    column: int | None = None,
+    atol: float = 1e-5,
+) -> Parity:
+    """Export a fitted scikit-learn estimator to ONNX at ``path`` (float32 input ``input``,
+    dynamic batch) and check it: ONNX Runtime's output ``output`` (column ``column``) on
+    ``sample`` must equal ``reference`` (what scikit-learn gives on ``sample``) within
+    ``atol``. Above it raises :class:`ParityError` and leaves no file behind. Classifiers are
+    exported without the ZipMap, so probabilities come out as a plain ``(n, classes)`` array.
+    """
+    skl2onnx = _skl2onnx()
+    from skl2onnx.common.data_types import FloatTensorType
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x = np.ascontiguousarray(sample, np.float32)
+    options = {id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None
+    try:
+        onx = skl2onnx.convert_sklearn(
+            estimator,
+            initial_types=[("input", FloatTensorType([None, x.shape[1]]))],
+            target_opset={"": 17, "ai.onnx.ml": 3},
+            options=options,
+        )
+    except Exception as exc:
+        raise ExportError(
+            f"scikit-learn to ONNX failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]})",
+            where=type(estimator).__name__,
+            fix="check that skl2onnx supports this estimator and its options",
+        ) from exc
+    tmp = path.with_name(f".tmp-{path.name}")
+    try:
+        tmp.write_bytes(onx.SerializeToString())
+        got = ort_session(tmp).run(None, {"input": x})[output]
+        got = np.asarray(got).reshape(len(x), -1)
+        got = got[:, column] if column is not None else got.ravel()
+        a, r = _compare(np.asarray(reference, np.float64).ravel(), got)
+        parity = Parity(a, r, (len(x),))
+        if a > atol:
+            raise ParityError(
+                f"ONNX output differs from scikit-learn (max abs {a:.3g}; tolerance {atol:g})",
+                where=str(path),
+                fix="feed the estimator float32 features when training (ONNX trees compare in float32)",
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return parity

@@ -6,7 +6,13 @@ Public API::
     result = Trainer(model, TrainerConfig(max_epochs=5), metrics={"accuracy": accuracy}).fit(train, val)
 """
 
-from core.train.callbacks import Callback, EpochSetter, MLflowCallback, ProgressCallback
+from core.train.callbacks import (
+    Callback,
+    EpochSetter,
+    LossTrace,
+    MLflowCallback,
+    ProgressCallback,
+)
 from core.train.config import (
     CheckpointConfig,
     DistributedConfig,
@@ -28,6 +34,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "EpochSetter",
     "FitResult",
+    "LossTrace",
     "MLflowCallback",
     "OptimizerConfig",
     "ProgressCallback",

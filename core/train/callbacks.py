@@ -48,6 +48,24 @@ class Callback:
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None: ...
 
 
+class LossTrace(Callback):
+    """Keeps every step's training loss; :meth:`summary` gives the mean of the first and the
+    last ``n`` steps (the figures model cards quote)."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+
+    def summary(self, n: int = 20) -> dict[str, float | None]:
+        def mean(xs: list[float]) -> float | None:
+            return round(sum(xs) / len(xs), 4) if xs else None
+
+        return {f"loss_first_{n}": mean(self.losses[:n]), f"loss_last_{n}": mean(self.losses[-n:])}
+
+
 class EpochSetter(Callback):
     """Calls ``dataset.set_epoch(epoch)`` as each epoch starts, so a dataset that draws its
     augmentation or patches from ``(seed, epoch, index)`` gives other samples every epoch and

@@ -105,7 +105,7 @@ class SynthConfig:
     """A seeded stream of card transactions with fraud scenarios and delayed labels."""
 
     n_users: int = 3000  # account holders
-    days: int = 60  # length of the stream
+    days: int = 120  # length of the stream (the first 30 days only warm the features up)
     start: str = "2024-01-01"  # first day (UTC)
     tx_per_day: tuple[float, float] = (0.3, 4.0)  # range of users' mean daily transactions
     n_merchants: int = 2000  # merchant pool (Zipf popularity)
@@ -151,6 +151,7 @@ class FeatureConfig:
     windows: tuple[str, ...] = ("1h", "24h", "7d", "30d")  # per-user look-back windows
     zscore_window: str = "30d"  # amount z-score against this window's mean and std
     distinct_window: str = "30d"  # distinct merchants / devices / countries in this window
+    merchant_windows: tuple[str, ...] = ("24h", "7d")  # a merchant's transactions (any user)
     merchant_prior: float = 0.01  # merchant risk before any label is known
     merchant_prior_weight: float = 20.0  # pseudo-labels of the prior (smoothing)
     sequence_length: int = 16  # events of history the sequence model sees
@@ -160,7 +161,8 @@ class FeatureConfig:
         self.windows = tuple(self.windows)
         if not self.windows:
             raise ConfigError("windows must not be empty", fix='use e.g. ("1h", "24h")')
-        for w in (*self.windows, self.zscore_window, self.distinct_window):
+        self.merchant_windows = tuple(self.merchant_windows)
+        for w in (*self.windows, *self.merchant_windows, self.zscore_window, self.distinct_window):
             window_seconds(w)
         for w in (self.zscore_window, self.distinct_window):
             if w not in self.windows:

@@ -23,12 +23,16 @@ Not here: features (``features.py``), generating data (``synth.py``).
 
 from __future__ import annotations
 
+import datetime as dt
 import difflib
+import math
 import os
+import re
 import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -37,6 +41,7 @@ from core.errors import DataError
 from pipelines.finance_risk.config import CANONICAL, OPTIONAL, REQUIRED, IngestConfig
 
 UTC = pl.Datetime("us", "UTC")
+_ZONES = zoneinfo.available_timezones() | {"UTC"}
 _ISO = (
     r"^(\d{4}-\d{2}-\d{2})(?:[T ](\d{2}:\d{2})(:\d{2}(?:\.\d{1,9})?)?)?"
     r"\s*(Z|[+-]\d{2}:?\d{2}|[A-Za-z][A-Za-z0-9_+\-/]*)?$"
@@ -263,8 +268,7 @@ def _zone_names(lf: pl.LazyFrame, e: pl.Expr, dtype: pl.DataType) -> tuple[set[s
         .collect()["z"]
         .to_list()
     )
-    avail = zoneinfo.available_timezones() | {"UTC"}
-    return {n for n in names if n in avail}, {n for n in names if n not in avail}
+    return {n for n in names if n in _ZONES}, {n for n in names if n not in _ZONES}
 
 
 def read_transactions(
@@ -472,3 +476,99 @@ def read_transactions(
         quarantine=qpath,
         extra_features=tuple(f"x_{c}" for c in extra),
     )
+
+
+_NUMBER = (int, float)
+
+
+def _parse_time(value: Any, field_name: str, tz: str) -> dt.datetime:
+    """One event's timestamp by the file rules: ISO 8601 with ``Z``, an offset or a zone name
+    after a space; naive ones are in ``tz``; numbers are Unix seconds. Returns UTC."""
+    if isinstance(value, bool) or value is None:
+        raise DataError(f"{field_name} is {value!r}", where=field_name, fix="send ISO 8601")
+    if isinstance(value, _NUMBER):
+        if not math.isfinite(value):
+            raise DataError(f"{field_name} is not finite", where=field_name, fix="send ISO 8601")
+        return dt.datetime.fromtimestamp(value, tz=dt.UTC)
+    if isinstance(value, dt.datetime):
+        parsed = value
+        zone = None
+    elif isinstance(value, str):
+        text = value.strip()
+        zone = None
+        head, _, tail = text.rpartition(" ")
+        if head and re.fullmatch(r"[A-Za-z][A-Za-z0-9_+\-/]*", tail) and not tail[0].isdigit():
+            text, zone = head, tail
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError as exc:
+            raise DataError(
+                f"{field_name} {value!r} is not ISO 8601",
+                where=field_name,
+                fix="e.g. 2024-03-01T09:00:00Z",
+            ) from exc
+    else:
+        raise DataError(f"{field_name} must be a string", where=field_name, fix="send ISO 8601")
+    if parsed.tzinfo is None:
+        name = zone or tz
+        if name not in _ZONES:
+            raise DataError(
+                f"unknown time zone {name!r}", where=field_name, fix="use an IANA zone name"
+            )
+        local = parsed.replace(tzinfo=zoneinfo.ZoneInfo(name))
+        back = local.astimezone(dt.UTC).astimezone(local.tzinfo)
+        if back.replace(tzinfo=None) != parsed:
+            raise DataError(
+                f"{field_name} {value!r} does not exist in {name} (a DST gap)",
+                where=field_name,
+                fix="send the time with its UTC offset",
+            )
+        parsed = local
+    elif zone is not None:
+        raise DataError(f"{field_name} has both an offset and a zone name", where=field_name)
+    return parsed.astimezone(dt.UTC)
+
+
+def parse_event(
+    obj: Any, cfg: IngestConfig | None = None, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One transaction event (a JSON object with the canonical fields) checked by the same
+    rules as a file row; returns it with ``timestamp`` as a UTC datetime. ``extra`` are the
+    model's extra feature names (``x_<column>``), read from ``<column>``.
+
+    Raises :class:`~core.errors.DataError` naming the field."""
+    cfg = cfg or IngestConfig()
+    if not isinstance(obj, dict):
+        raise DataError(
+            "an event must be a JSON object", where="event", fix="send {...} with the fields"
+        )
+    ev: dict[str, Any] = {}
+    for k in ("transaction_id", "user_id"):
+        v = obj.get(k)
+        if isinstance(v, bool) or not isinstance(v, str | int) or str(v).strip() == "":
+            raise DataError(f"{k} is missing or empty", where=k, fix=f"send {k} as a string")
+        ev[k] = str(v).strip()
+    ev["timestamp"] = _parse_time(obj.get("timestamp"), "timestamp", cfg.timezone)
+    amount = obj.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, _NUMBER):
+        raise DataError(f"amount {amount!r} is not a number", where="amount", fix="send a number")
+    if not math.isfinite(amount) or amount < 0:
+        raise DataError(f"amount {amount!r} must be finite and >= 0", where="amount")
+    ev["amount"] = float(amount)
+    for k in ("merchant_id", "merchant_category", "device_id", "country", "channel"):
+        v = obj.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, str | int)):
+            raise DataError(f"{k} must be a string", where=k)
+        ev[k] = None if v is None or str(v).strip() == "" else str(v).strip()
+    for name in extra:
+        col = name[2:] if name.startswith("x_") else name
+        v = obj.get(col)
+        if isinstance(v, bool) or not isinstance(v, _NUMBER) or not math.isfinite(v):
+            raise DataError(f"{col} must be a finite number (the model uses it)", where=col)
+        ev[name] = float(v)
+    unknown = sorted(set(obj) - set(CANONICAL) - {n[2:] for n in extra} - {"type"})
+    if unknown:
+        raise DataError(
+            f"unknown fields {unknown}", where="event", fix=f"send only {', '.join(CANONICAL)}"
+        )
+    return ev

@@ -9,20 +9,30 @@ labels whose ``label_time < t``. The definitions (``FeatureConfig`` gives the wi
   window ``W`` (count and sum 0 when empty; mean and max NaN when empty; std, sample std
   with ddof 1, NaN below two amounts);
 - ``amount_z``: ``(amount - mean_Z) / (std_Z + 1)`` for the z-score window ``Z`` (the ``+ 1``,
-  one currency unit, keeps it finite for a history of equal amounts);
+  one currency unit, keeps it finite for a history of equal amounts); ``amount_to_mean``:
+  ``amount / mean_Z`` (NaN without history);
 - ``secs_since_prev``: seconds since the user's latest earlier transaction (NaN for the first);
 - ``new_merchant, new_device, new_country``: 1 when the user has no earlier transaction with
   this value, else 0 (NaN when the value is missing);
+- ``secs_since_first_merchant`` (``_device``, ``_country``): seconds since the user's first
+  transaction with this value, capped at the longest window (NaN when it is new or
+  missing): a device first seen minutes ago is as telling as a new one, and the cap keeps
+  the feature from growing with the age of the stream (a model trained on young histories
+  would meet only "older than ever seen" later);
 - ``distinct_merchants, distinct_devices, distinct_countries``: distinct values among the
   user's transactions in ``[t - D, t)`` for the distinct window ``D``;
 - ``merchant_risk``: ``(frauds + prior * w) / (labels + w)`` over the merchant's labels known
   before ``t`` (any user), with ``merchant_prior`` and ``merchant_prior_weight`` (NaN without
-  a merchant);
+  a merchant); ``merchant_tx_W`` for each merchant window: the merchant's transactions
+  (any user) in ``[t - W, t)``;
 - ``log_amount, hour, weekday``: of the transaction itself (UTC).
 
 :func:`compute_features` runs them over a table (one pass per kind, sorted by user and time);
 :class:`OnlineFeatures` keeps per-user and per-merchant state and returns the same values for
-one event at a time, snapshots atomically and restores. Not here: the models, or reading files.
+one event at a time, snapshots atomically and restores. The sequence model's input, the
+user's last ``sequence_length`` earlier transactions as :data:`SEQ_FEATURES` vectors, comes
+from :func:`sequence_index` in batch and :meth:`OnlineFeatures.history` online. Not here: the
+models, or reading files.
 """
 
 from __future__ import annotations
@@ -47,6 +57,7 @@ US = 1_000_000
 KEYS = ("transaction_id", "user_id", "timestamp")
 OFFSET_LIMIT = 2**62  # users x span (us) under which one offset key serves every user
 _DISTINCT = (("merchant", "merchant_id"), ("device", "device_id"), ("country", "country"))
+_PLURAL = {"merchant": "merchants", "device": "devices", "country": "countries"}
 
 
 def feature_names(cfg: FeatureConfig, extra: tuple[str, ...] = ()) -> list[str]:
@@ -54,10 +65,86 @@ def feature_names(cfg: FeatureConfig, extra: tuple[str, ...] = ()) -> list[str]:
     names = ["amount", "log_amount", "hour", "weekday"]
     for w in cfg.windows:
         names += [f"count_{w}", f"sum_{w}", f"mean_{w}", f"std_{w}", f"max_{w}"]
-    names += ["amount_z", "secs_since_prev"]
-    names += [f"new_{k}" for k, _ in _DISTINCT] + [f"distinct_{k}s" for k, _ in _DISTINCT]
-    names += ["merchant_risk", *extra]
+    names += ["amount_z", "amount_to_mean", "secs_since_prev"]
+    names += [f"new_{k}" for k, _ in _DISTINCT] + [f"secs_since_first_{k}" for k, _ in _DISTINCT]
+    names += [f"distinct_{_PLURAL[k]}" for k, _ in _DISTINCT]
+    names += ["merchant_risk", *(f"merchant_tx_{w}" for w in cfg.merchant_windows), *extra]
     return names
+
+
+#: What the sequence model sees of each transaction (a view of its features, see
+#: :func:`event_vectors`), plus a validity channel added per step.
+SEQ_FEATURES = (
+    "log_amount",
+    "secs_since_prev",
+    "new_merchant",
+    "new_device",
+    "new_country",
+    "hour",
+    "amount_z",
+    "merchant_risk",
+    "count_1h",
+    "count_24h",
+)
+
+
+def event_vectors(feats: np.ndarray, names: list[str]) -> np.ndarray:
+    """Rows of features (columns ``names``) as sequence-model vectors ``(n, len(SEQ_FEATURES))``,
+    float32, scaled to about unit range, NaN replaced. The same function serves batch and online,
+    so both give the same bytes."""
+    col = {n: feats[:, names.index(n)] for n in SEQ_FEATURES if n in names}
+    nan0 = lambda x: np.nan_to_num(x, nan=0.0)  # noqa: E731
+    zero = np.zeros(feats.shape[0])
+    out = np.stack(
+        [
+            col["log_amount"] / 5.0,
+            np.where(
+                np.isnan(col["secs_since_prev"]),
+                -1.0,
+                np.log1p(nan0(col["secs_since_prev"])) / 10.0,
+            ),
+            nan0(col["new_merchant"]),
+            nan0(col["new_device"]),
+            nan0(col["new_country"]),
+            col["hour"] / 23.0,
+            np.clip(nan0(col["amount_z"]), -5.0, 20.0) / 5.0,
+            np.nan_to_num(col["merchant_risk"], nan=0.0) * 10.0,
+            np.log1p(col.get("count_1h", zero)) / 2.0,
+            np.log1p(col.get("count_24h", zero)) / 3.0,
+        ],
+        axis=1,
+    )
+    return out.astype(np.float32)
+
+
+def sequence_index(frame: pl.DataFrame, length: int) -> np.ndarray:
+    """For each row of ``frame`` (sorted by user, time, id as :func:`compute_features` returns
+    it), the row indices of the user's ``length`` latest transactions at earlier instants,
+    oldest first, -1 where there are fewer: ``(n, length)`` int64."""
+    user = frame["user_id"].to_numpy()
+    ts = frame["timestamp"].dt.epoch("us").to_numpy()
+    n = len(user)
+    idx = np.arange(n)
+    new_user = np.ones(n, bool)
+    new_user[1:] = user[1:] != user[:-1]
+    new_inst = new_user.copy()
+    new_inst[1:] |= ts[1:] != ts[:-1]
+    user_start = np.maximum.accumulate(np.where(new_user, idx, 0))
+    inst_start = np.maximum.accumulate(np.where(new_inst, idx, 0))
+    lags = inst_start[:, None] - np.arange(length, 0, -1)[None, :]  # oldest first
+    return np.where(lags >= user_start[:, None], lags, -1)
+
+
+def gather_sequences(vectors: np.ndarray, index: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The sequence-model input of ``rows``: history (``index``) then the event itself, each
+    step a vector plus a validity channel: ``(len(rows), length + 1, dim + 1)`` float32."""
+    hist = index[rows]
+    valid = hist >= 0
+    steps = np.concatenate([np.where(valid, hist, 0), rows[:, None]], axis=1)
+    x = vectors[steps]
+    mask = np.concatenate([valid, np.ones((len(rows), 1), bool)], axis=1)
+    x[~mask] = 0.0
+    return np.concatenate([x, mask[..., None].astype(np.float32)], axis=2)
 
 
 # ---------------------------------------------------------------- batch (polars)
@@ -136,18 +223,24 @@ def user_features(frame: pl.DataFrame | pl.LazyFrame, cfg: FeatureConfig) -> pl.
     )
     for kind, col in _DISTINCT:
         c = pl.col(col)
+        first = pl.col("_ts").min().over(["user_id", col])
         cols.append(
             pl.when(c.is_null())
             .then(None)
-            .otherwise(
-                (pl.col("_ts") == pl.col("_ts").min().over(["user_id", col])).cast(pl.Float64)
-            )
+            .otherwise((pl.col("_ts") == first).cast(pl.Float64))
             .alias(f"new_{kind}")
+        )
+        cols.append(
+            pl.when(c.is_null() | (pl.col("_ts") == first))
+            .then(None)
+            .otherwise(pl.min_horizontal(pl.col("_ts") - first, pl.lit(longest)) / US)
+            .alias(f"secs_since_first_{kind}")
         )
     out = df.with_columns(cols)
     zw = cfg.zscore_window
     out = out.with_columns(
-        ((a - pl.col(f"mean_{zw}")) / (pl.col(f"std_{zw}") + 1.0)).alias("amount_z")
+        ((a - pl.col(f"mean_{zw}")) / (pl.col(f"std_{zw}") + 1.0)).alias("amount_z"),
+        (a / pl.col(f"mean_{zw}")).alias("amount_to_mean"),
     )
     out = out.with_columns(_distinct_counts(out, window_seconds(cfg.distinct_window) * US))
     return out.drop([c for c in ("_ts", "_key") if c in out.columns])
@@ -195,7 +288,9 @@ def _distinct_counts(df: pl.DataFrame, window_us: int) -> list[pl.Series]:
             allow_exact_matches=False,
             check_sortedness=False,
         )
-        out.append(j.sort("_row")["n"].fill_null(0).cast(pl.Float64).alias(f"distinct_{kind}s"))
+        out.append(
+            j.sort("_row")["n"].fill_null(0).cast(pl.Float64).alias(f"distinct_{_PLURAL[kind]}")
+        )
     return out
 
 
@@ -260,7 +355,48 @@ def compute_features(
     and transaction id."""
     cfg = cfg or FeatureConfig()
     out = user_features(frame, cfg)
-    out = out.with_columns(merchant_risk(out, cfg))
+    out = out.with_columns(merchant_features(out, cfg))
+    return finish(out, cfg, extra)
+
+
+def merchant_features(frame: pl.DataFrame, cfg: FeatureConfig) -> list[pl.Series]:
+    """The features that look across users (``merchant_risk``, ``merchant_tx_W``) of each row
+    of ``frame``, in its row order. They need the whole table, not a partition by user."""
+    q = frame.select("merchant_id", pl.col("timestamp").dt.epoch("us").alias("_ts")).with_row_index(
+        "_row"
+    )
+    m = q.drop_nulls("merchant_id").sort(["merchant_id", "_ts"])
+    counts = m.select(
+        "_row",
+        *(
+            pl.col("_ts")
+            .is_not_null()
+            .cast(pl.Float64)
+            .rolling_sum_by("_ts", f"{window_seconds(w) * US}i", closed="left")
+            .over("merchant_id")
+            .fill_null(0.0)
+            .alias(f"merchant_tx_{w}")
+            for w in cfg.merchant_windows
+        ),
+    )
+    joined = q.join(counts, on="_row", how="left").sort("_row")
+    return [merchant_risk(frame, cfg), *(joined[f"merchant_tx_{w}"] for w in cfg.merchant_windows)]
+
+
+def partition_by_user(frame: pl.DataFrame, n: int) -> list[pl.DataFrame]:
+    """``frame`` cut into ``n`` parts by a stable hash of ``user_id`` (every user whole in
+    one part): the unit of work when features run on a cluster."""
+    h = frame["user_id"].hash(seed=0) % n
+    return [frame.filter(h == k) for k in range(n) if (h == k).any()]
+
+
+def combine_partitions(
+    parts: list[pl.DataFrame], cfg: FeatureConfig, extra: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """The :func:`user_features` of every partition joined into what :func:`compute_features`
+    gives for the whole table: the cross-user features are computed on the joined rows."""
+    out = pl.concat(parts).sort(["user_id", "timestamp", "transaction_id"])
+    out = out.with_columns(merchant_features(out, cfg))
     return finish(out, cfg, extra)
 
 
@@ -284,6 +420,7 @@ class _User:
         default_factory=lambda: {k: {} for k, _ in _DISTINCT}
     )
     instants: deque = field(default_factory=lambda: deque(maxlen=2))  # latest distinct times
+    recent: list = field(default_factory=list)  # [time, event vector] of the latest events
 
 
 def _ts_us(value: Any) -> int:
@@ -322,6 +459,8 @@ class OnlineFeatures:
         self._dw = window_seconds(self.cfg.distinct_window) * US
         self.users: dict[str, _User] = {}
         self.merchants: dict[str, list[int]] = {}  # merchant -> [labels known, frauds]
+        self._mw = [(w, window_seconds(w) * US) for w in self.cfg.merchant_windows]
+        self.merchant_times: dict[str, list[int]] = {}  # merchant -> sorted recent times
         self.events = 0  # transactions applied (the snapshot's position in a log)
 
     # -- features
@@ -352,6 +491,7 @@ class OnlineFeatures:
             f[f"max_{w}"] = float(win.max()) if n else nan
         zw = self.cfg.zscore_window
         f["amount_z"] = (amount - f[f"mean_{zw}"]) / (f[f"std_{zw}"] + 1.0)
+        f["amount_to_mean"] = amount / f[f"mean_{zw}"] if f[f"count_{zw}"] else nan
         prev = None
         if u:
             earlier = [s for s in u.instants if s < t]
@@ -359,18 +499,23 @@ class OnlineFeatures:
         f["secs_since_prev"] = (t - prev) / US if prev is not None else nan
         for kind, col in _DISTINCT:
             v = event.get(col)
-            if v is None:
-                f[f"new_{kind}"] = nan
-            else:
-                first = u.first_seen[kind].get(str(v)) if u else None
-                f[f"new_{kind}"] = 1.0 if first is None or first >= t else 0.0
+            first = u.first_seen[kind].get(str(v)) if u and v is not None else None
+            seen = first is not None and first < t
+            f[f"new_{kind}"] = nan if v is None else (0.0 if seen else 1.0)
+            f[f"secs_since_first_{kind}"] = min(t - first, self._keep) / US if seen else nan
             if u:
                 start = bisect.bisect_left(u.times, t - self._dw, 0, end)
                 vals = {x for x in u.values[kind][start:end] if x is not None}
-                f[f"distinct_{kind}s"] = float(len(vals))
+                f[f"distinct_{_PLURAL[kind]}"] = float(len(vals))
             else:
-                f[f"distinct_{kind}s"] = 0.0
+                f[f"distinct_{_PLURAL[kind]}"] = 0.0
         m = event.get("merchant_id")
+        times = self.merchant_times.get(str(m), []) if m is not None else []
+        end_m = bisect.bisect_left(times, t)
+        for w, us in self._mw:
+            f[f"merchant_tx_{w}"] = (
+                nan if m is None else float(end_m - bisect.bisect_left(times, t - us, 0, end_m))
+            )
         if m is None:
             f["merchant_risk"] = nan
         else:
@@ -383,16 +528,45 @@ class OnlineFeatures:
             f[x] = float(event.get(x, nan))
         return [f[n] for n in self.names]
 
+    def history(self, event: dict[str, Any]) -> np.ndarray:
+        """The vectors of the user's latest ``sequence_length`` transactions at instants before
+        ``event``'s, oldest first: ``(k, len(SEQ_FEATURES))`` with ``k <= sequence_length``."""
+        t = _ts_us(event["timestamp"])
+        u = self.users.get(str(event["user_id"]))
+        rows = [v for s, v in (u.recent if u else []) if s < t][-self.cfg.sequence_length :]
+        return np.asarray(rows, np.float32).reshape(len(rows), len(SEQ_FEATURES))
+
+    def sequence(self, event: dict[str, Any], feats: list[float]) -> np.ndarray:
+        """The sequence-model input of ``event`` with features ``feats``: ``(1, L + 1, D + 1)``,
+        what :func:`gather_sequences` gives for the row in batch."""
+        hist = self.history(event)
+        length = self.cfg.sequence_length
+        vec = event_vectors(np.asarray([feats]), self.names)
+        x = np.zeros((1, length + 1, len(SEQ_FEATURES) + 1), np.float32)
+        if len(hist):
+            x[0, length - len(hist) : length, :-1] = hist
+            x[0, length - len(hist) : length, -1] = 1.0
+        x[0, length, :-1] = vec[0]
+        x[0, length, -1] = 1.0
+        return x
+
     def update(self, event: dict[str, Any]) -> list[float]:
         """Features of ``event`` (see :meth:`features`), then ``event`` joins the state."""
         out = self.features(event)
-        self.apply(event)
+        self.apply(event, out)
         return out
 
-    def apply(self, event: dict[str, Any]) -> None:
-        """Add a transaction to the state without computing its features."""
+    def apply(self, event: dict[str, Any], feats: list[float] | None = None) -> None:
+        """Add a transaction (and its features, for the sequence history) to the state."""
         t = _ts_us(event["timestamp"])
         u = self.users.setdefault(str(event["user_id"]), _User())
+        if feats is None:
+            feats = self.features(event)
+        vec = event_vectors(np.asarray([feats]), self.names)[0].tolist()
+        j = bisect.bisect_right([s for s, _ in u.recent], t)
+        u.recent.insert(j, [t, vec])
+        # ties at one instant hide each other, so keep more than the length (2x)
+        del u.recent[: max(len(u.recent) - 2 * self.cfg.sequence_length, 0)]
         i = bisect.bisect_right(u.times, t)
         u.times.insert(i, t)
         u.amounts.insert(i, float(event["amount"]))
@@ -404,6 +578,12 @@ class OnlineFeatures:
                 u.first_seen[kind][v] = t
         if not u.instants or u.instants[-1] < t:
             u.instants.append(t)
+        m = event.get("merchant_id")
+        if m is not None and self._mw:
+            mt = self.merchant_times.setdefault(str(m), [])
+            bisect.insort(mt, t)
+            cut_m = bisect.bisect_left(mt, mt[-1] - max(us for _, us in self._mw))
+            del mt[:cut_m]
         cut = bisect.bisect_left(u.times, u.times[-1] - self._keep)  # drop what no window sees
         if cut:
             del u.times[:cut], u.amounts[:cut]
@@ -429,14 +609,17 @@ class OnlineFeatures:
                 "distinct_window": self.cfg.distinct_window,
                 "merchant_prior": self.cfg.merchant_prior,
                 "merchant_prior_weight": self.cfg.merchant_prior_weight,
+                "sequence_length": self.cfg.sequence_length,
+                "merchant_windows": list(self.cfg.merchant_windows),
             },
             "extra": list(self.extra),
             "events": self.events,
             "users": {
-                k: [u.times, u.amounts, u.values, u.first_seen, list(u.instants)]
+                k: [u.times, u.amounts, u.values, u.first_seen, list(u.instants), u.recent]
                 for k, u in self.users.items()
             },
             "merchants": self.merchants,
+            "merchant_times": self.merchant_times,
         }
 
     def snapshot(self, path: str | os.PathLike[str]) -> Path:
@@ -452,11 +635,25 @@ class OnlineFeatures:
         definitions than ``cfg`` is refused (its numbers would mean something else)."""
         try:
             s = json.loads(Path(path).read_text())
-            saved = s["config"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError) as exc:
             raise DataError(
                 f"cannot read the feature state ({exc})",
                 where=str(path),
+                fix="delete it to start cold, or restore the previous snapshot",
+            ) from exc
+        return cls.from_state(s, cfg, where=str(path))
+
+    @classmethod
+    def from_state(
+        cls, s: dict[str, Any], cfg: FeatureConfig | None = None, where: str = "state"
+    ) -> OnlineFeatures:
+        """The object whose :meth:`state` was ``s`` (see :meth:`restore`)."""
+        try:
+            saved = s["config"]
+        except (KeyError, TypeError) as exc:
+            raise DataError(
+                f"cannot read the feature state (no {exc})",
+                where=where,
                 fix="delete it to start cold, or restore the previous snapshot",
             ) from exc
         saved_cfg = FeatureConfig(
@@ -465,22 +662,25 @@ class OnlineFeatures:
             distinct_window=saved["distinct_window"],
             merchant_prior=saved["merchant_prior"],
             merchant_prior_weight=saved["merchant_prior_weight"],
+            sequence_length=saved["sequence_length"],
+            merchant_windows=tuple(saved["merchant_windows"]),
         )
         if cfg is not None and any(
             getattr(cfg, k) != getattr(saved_cfg, k) for k in saved if hasattr(cfg, k)
         ):
             raise DataError(
                 "the feature state was written with other feature definitions",
-                where=str(path),
+                where=where,
                 fix="rebuild it by replaying the stream with the current definitions",
             )
         self = cls(cfg or saved_cfg, tuple(s.get("extra", ())))
         self.events = int(s["events"])
-        for k, (times, amounts, values, first_seen, instants) in s["users"].items():
-            u = _User(times, amounts, values, first_seen)
+        for k, (times, amounts, values, first_seen, instants, recent) in s["users"].items():
+            u = _User(times, amounts, values, first_seen, recent=recent)
             u.instants.extend(instants)
             self.users[k] = u
         self.merchants = {k: list(v) for k, v in s["merchants"].items()}
+        self.merchant_times = {k: list(v) for k, v in s["merchant_times"].items()}
         return self
 
 

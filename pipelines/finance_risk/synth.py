@@ -10,7 +10,8 @@ home country and a channel mix. Five fraud scenarios each leave their own signat
 - ``merchant_compromise``: a rogue merchant charges many users who never shopped there,
   from a small pool of shared fraudster devices;
 - ``velocity_burst``: many card-present charges within an hour at unfamiliar merchants;
-- ``bust_out``: weeks of slowly growing spending at the user's usual merchants.
+- ``bust_out``: weeks of spending that grows from twice the user's level to 8-20 times it,
+  at a few usual-looking merchants.
 
 Every transaction gets its label and the time the label became known: a fraud label when
 its chargeback arrives (``label_delay_days``), a legitimate one when its dispute window
@@ -136,112 +137,62 @@ def _fraud(cfg: SynthConfig, users: dict, merch: dict, rng: np.random.Generator)
     n_m = len(merch["pop"])
     tail = np.argsort(merch["pop"])[: max(n_m // 5, 1)]  # rarely visited merchants
     rogue = rng.choice(tail, 3, replace=False)  # merchants compromised in this stream
-    rogue_start = rng.uniform(0.15, 0.7, 3) * cfg.days * 86400
+    rogue_start = rng.uniform(0.1, 0.85, 3) * cfg.days * 86400
     rows: list[tuple[int, int, float, int, int, int, int, int]] = []
+    popular = lambda: int(rng.choice(n_m, p=merch["pop"]))  # noqa: E731
     for v, k in zip(victims.tolist(), kinds.tolist(), strict=True):
         level = float(np.exp(users["mu"][v]))
         home = int(users["home"][v])
-        t0 = rng.uniform(0.1, 0.92) * cfg.days * 86400
-        sc = k + 1
-        name = SCENARIOS[k]
         foreign = int(rng.choice([c for c in range(len(COUNTRIES)) if c != home]))
-        if name == "card_testing":
-            m_test = rng.choice(tail, rng.integers(1, 4))
-            t = t0
+        t = rng.uniform(0.1, 0.92) * cfg.days * 86400
+        name = SCENARIOS[k]
+
+        def add(
+            t: float, amount: float, merchant: int, device: int, country: int, channel: int
+        ) -> None:
+            rows.append((v, int(t), amount, merchant, device, country, channel, k + 1))  # noqa: B023
+
+        if name == "card_testing":  # tiny online charges, then the real ones
+            tested = rng.choice(tail, rng.integers(1, 4))
             for _ in range(int(rng.integers(5, 21))):
                 t += rng.exponential(45.0)
-                rows.append(
-                    (
-                        v,
-                        int(t),
-                        rng.uniform(0.5, 3.0),
-                        int(rng.choice(m_test)),
-                        -1 - v,
-                        home if rng.random() < 0.5 else foreign,
-                        1,
-                        sc,
-                    )
+                add(
+                    t,
+                    rng.uniform(0.5, 3.0),
+                    int(rng.choice(tested)),
+                    -1 - v,
+                    home if rng.random() < 0.5 else foreign,
+                    1,
                 )
             for _ in range(int(rng.integers(1, 3))):
                 t += rng.exponential(900.0)
-                rows.append(
-                    (
-                        v,
-                        int(t),
-                        rng.uniform(200, 1500),
-                        int(rng.choice(n_m, p=merch["pop"])),
-                        -1 - v,
-                        foreign,
-                        1,
-                        sc,
-                    )
-                )
-        elif name == "account_takeover":
-            t = t0
+                add(t, rng.uniform(200, 1500), popular(), -1 - v, foreign, 1)
+        elif name == "account_takeover":  # a new device abroad, large online purchases
             for _ in range(int(rng.integers(2, 7))):
                 t += rng.exponential(3600.0)
-                rows.append(
-                    (
-                        v,
-                        int(t),
-                        level * rng.uniform(3.0, 10.0) * 2.5,
-                        int(rng.choice(n_m, p=merch["pop"])),
-                        -1 - v,
-                        foreign,
-                        1,
-                        sc,
-                    )
-                )
-        elif name == "merchant_compromise":
+                add(t, level * rng.uniform(7.5, 25.0), popular(), -1 - v, foreign, 1)
+        elif name == "merchant_compromise":  # a rogue merchant charges users it never served
             j = int(rng.integers(0, 3))
             t = rogue_start[j] + rng.uniform(0, 12 * 86400)
             for _ in range(int(rng.integers(1, 4))):
                 t += rng.exponential(2 * 86400.0)
-                rows.append(
-                    (
-                        v,
-                        int(t),
-                        rng.uniform(20, 150),
-                        int(rogue[j]),
-                        -1_000_000_000 - j,
-                        home,
-                        1,
-                        sc,
-                    )
-                )
-        elif name == "velocity_burst":
-            t = t0
+                add(t, rng.uniform(20, 150), int(rogue[j]), -1_000_000_000 - j, home, 1)
+        elif name == "velocity_burst":  # a stolen card used in shops, fast
             for _ in range(int(rng.integers(6, 16))):
                 t += rng.exponential(300.0)
-                rows.append(
-                    (
-                        v,
-                        int(t),
-                        level * rng.uniform(1.0, 3.0),
-                        int(rng.choice(n_m, p=merch["pop"])),
-                        0,
-                        home,
-                        0,
-                        sc,
-                    )
-                )
-        else:  # bust_out: weeks of growing spend at usual places
+                add(t, level * rng.uniform(1.0, 3.0), popular(), 0, home, 0)
+        else:  # bust_out: weeks of spending from twice the user's level up to 8-20 times it
             n = int(rng.integers(8, 21))
-            span = rng.uniform(14, 28) * 86400
             growth = rng.uniform(8.0, 20.0)
             favs = rng.choice(n_m, 4, p=merch["pop"])
-            for i, t in enumerate(np.sort(rng.uniform(0, span, n))):
-                rows.append(
-                    (
-                        v,
-                        int(t0 + t),
-                        level * growth ** ((i + 1) / n),
-                        int(rng.choice(favs)),
-                        0,
-                        home,
-                        0,
-                        sc,
-                    )
+            for i, dt_s in enumerate(np.sort(rng.uniform(0, rng.uniform(14, 28) * 86400, n))):
+                add(
+                    t + dt_s,
+                    2.0 * level * (growth / 2.0) ** ((i + 1) / n),
+                    int(rng.choice(favs)),
+                    0,
+                    home,
+                    0,
                 )
     out = _columns(len(rows))
     if rows:

@@ -38,6 +38,7 @@ from core.train import (
     Callback,
     EpochSetter,
     FitResult,
+    LossTrace,
     Trainer,
     TrainerConfig,
     bf16_is_fast,
@@ -268,20 +269,6 @@ class PatchDataset(Dataset):
 
 
 # -------------------------------------------------------------------------------- train
-class _LossTrace(Callback):
-    """Mean training loss over the first and the last 20 steps (the model card's figures)."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-
-    def on_step_end(self, trainer: Trainer, step: int, logs: dict[str, float]) -> None:
-        if "loss" in logs:
-            self.losses.append(float(logs["loss"]))
-
-    def summary(self) -> dict[str, float | None]:
-        f = self.losses
-        mean = lambda xs: round(float(np.mean(xs)), 4) if xs else None  # noqa: E731
-        return {"loss_first_20": mean(f[:20]), "loss_last_20": mean(f[-20:])}
 
 
 def dice_ce_loss() -> Any:
@@ -304,7 +291,7 @@ def train(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> tuple[Fi
         cases, cfg.model, cfg.patches_per_epoch, cfg.pos_fraction, cfg.augment, cfg.seed
     )
     log.info("training on %d cases (%d nodules), %d patches per epoch", len(cases), n_nod, len(ds))
-    trace = _LossTrace()
+    trace = LossTrace()
     trainer = Trainer(
         model,
         cfg.trainer,

@@ -15,6 +15,7 @@ import pandas as pd
 from pipelines.finance_risk.config import FeatureConfig, window_seconds
 
 _DISTINCT = (("merchant", "merchant_id"), ("device", "device_id"), ("country", "country"))
+PLURAL = {"merchant": "merchants", "device": "devices", "country": "countries"}
 
 
 def _us(times: pd.Series) -> np.ndarray:
@@ -52,6 +53,7 @@ def reference_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd
             out[f"{stat}_{w}"] = values
     zw = cfg.zscore_window
     out["amount_z"] = (out["amount"] - out[f"mean_{zw}"]) / (out[f"std_{zw}"] + 1.0)
+    out["amount_to_mean"] = out["amount"] / out[f"mean_{zw}"]
     t_us = _us(df["timestamp"])
     prev = np.full(len(df), np.nan)
     for _, idx in grouped.indices.items():
@@ -66,6 +68,10 @@ def reference_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd
         new = (df["timestamp"] == first).astype(float)
         new[df[col].isna()] = np.nan
         out[f"new_{kind}"] = new.to_numpy()
+        cap = max(window_seconds(w) for w in cfg.windows)
+        age = (df["timestamp"] - first).dt.total_seconds().clip(upper=cap)
+        age[(age == 0) | df[col].isna()] = np.nan
+        out[f"secs_since_first_{kind}"] = age.to_numpy()
     dw = f"{window_seconds(cfg.distinct_window)}s"
     for kind, col in _DISTINCT:
         codes = df[col].astype("category").cat.codes.astype(float)  # -1 for missing
@@ -76,7 +82,7 @@ def reference_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd
             .apply(lambda x: len(set(x[x >= 0])), raw=True)
             .to_numpy()
         )
-        out[f"distinct_{kind}s"] = np.nan_to_num(n, nan=0.0)
+        out[f"distinct_{PLURAL[kind]}"] = np.nan_to_num(n, nan=0.0)
     # merchant risk: per merchant, labels sorted by the time they became known
     risk = np.full(len(df), np.nan)
     prior, weight = cfg.merchant_prior, cfg.merchant_prior_weight
@@ -92,4 +98,14 @@ def reference_features(df: pd.DataFrame, cfg: FeatureConfig | None = None) -> pd
         k = np.searchsorted(times, t, side="left")  # labels known strictly before t
         risk[i] = (labels[:k].sum() + prior * weight) / (k + weight)
     out["merchant_risk"] = risk
+    for w in cfg.merchant_windows:
+        width = window_seconds(w) * 1_000_000
+        n = np.full(len(df), np.nan)
+        for _, idx in df.groupby("merchant_id", sort=False).indices.items():
+            times = np.sort(t_us[idx])  # the merchant's transactions, any user
+            mine = t_us[idx]
+            n[idx] = np.searchsorted(times, mine, "left") - np.searchsorted(
+                times, mine - width, "left"
+            )
+        out[f"merchant_tx_{w}"] = n
     return out
