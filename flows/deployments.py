@@ -22,9 +22,11 @@ NIGHTLY = "0 2 * * *"  # 02:00 every day
 
 
 WEEKLY = "0 3 * * 0"  # 03:00 every Sunday
+DAILY = "30 4 * * *"  # 04:30 every day
 
 
 def deployments(epochs: int = 4) -> list:
+    from flows.finance_risk import finance_risk_daily
     from flows.medical_ct import medical_ct_flow
     from flows.reference import reference_flow
     from flows.vision_qc import vision_qc_flow
@@ -54,6 +56,15 @@ def deployments(epochs: int = 4) -> list:
             description="Weekly retraining of the nodule segmenter on the cases under "
             "$DV_DATA_ROOT/medical_ct/synth, tested on .../synth_test (or the data_dir and "
             "test_dir parameters); promoted only if its CPM beats production",
+        ),
+        finance_risk_daily.to_deployment(
+            name="finance-risk-daily-check",
+            cron=DAILY,
+            tags=["retrain", "finance_risk"],
+            description="Daily: the production fraud scorer checks the latest transactions "
+            "under $DV_DATA_ROOT/finance_risk/transactions.parquet (or the data parameter) for "
+            "feature drift (PSI > 0.2) and new fraud labels; retrains, and promotes if better, "
+            "only then",
         ),
     ]
 

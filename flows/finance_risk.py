@@ -283,6 +283,7 @@ def finance_risk_daily(
     data: str | None = None,
     model_name: str = "finance-risk",
     alias: str = "production",
+    train_cfg: TrainConfig | None = None,
     server_url: str | None = None,
     run_dir: str | None = None,
 ) -> dict[str, Any]:
@@ -301,6 +302,7 @@ def finance_risk_daily(
             **finance_risk_flow(
                 path,
                 synthesize=False,
+                train_cfg=train_cfg,
                 model_name=model_name,
                 server_url=server_url,
                 run_dir=run_dir,
@@ -312,6 +314,11 @@ def finance_risk_daily(
     if not decision["retrain"]:
         return {"retrained": False, "reason": decision["reason"], "drifted": decision["drifted"]}
     out = finance_risk_flow(
-        path, synthesize=False, model_name=model_name, server_url=server_url, run_dir=run_dir
+        path,
+        synthesize=False,
+        train_cfg=train_cfg,
+        model_name=model_name,
+        server_url=server_url,
+        run_dir=run_dir,
     )
     return {"retrained": True, "reason": decision["reason"], **out}

@@ -164,7 +164,11 @@ class FraudScorer:
         if self._since_sync >= self.fsync_every:
             os.fsync(self._log.fileno())
             self._since_sync = 0
-        if self.seq % self.snapshot_every == 0:
+
+    def _applied(self) -> None:
+        """After an event is in the state: snapshot when it is time (never between the log
+        line and the state change, or the snapshot would miss the event the log drops)."""
+        if self._log is not None and self.seq % self.snapshot_every == 0:
             self.snapshot()
 
     def snapshot(self) -> Path | None:
@@ -231,6 +235,7 @@ class FraudScorer:
         )
         self.features.apply(ev, feats)
         self._remember(tid, decision)
+        self._applied()
         if decision["alert"]:
             log.info(
                 "alert: transaction %s of user %s, score %.3f",
@@ -256,6 +261,7 @@ class FraudScorer:
             }
         )
         self.features.add_label(m, label)
+        self._applied()
 
     def score_file(
         self,

@@ -1,6 +1,6 @@
 """A seeded card-transaction simulator with fraud scenarios and delayed labels.
 
-Users have their own spending profile: a log-normal amount level, a daily rate, a peak hour
+Users have their own spending profile (a third of the accounts open during the stream): a log-normal amount level, a daily rate, a peak hour
 and weekend habit, favourite merchants drawn from a Zipf-popular pool, one or two devices, a
 home country and a channel mix. Five fraud scenarios each leave their own signature:
 
@@ -70,6 +70,8 @@ def _users(cfg: SynthConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "p_online": online,
         "p_atm": atm,
         "n_fav": rng.integers(3, 13, n),
+        # a third of the accounts open during the stream (new customers have no history)
+        "joined": np.where(rng.random(n) < 0.67, 0, rng.integers(0, cfg.days, n)),
     }
 
 
@@ -94,7 +96,8 @@ def _columns(n: int) -> dict[str, np.ndarray]:
 
 def _legit(cfg: SynthConfig, users: dict, merch: dict, rng: np.random.Generator) -> dict:
     n_u = cfg.n_users
-    counts = rng.poisson(users["rate"] * cfg.days)
+    active_days = cfg.days - users["joined"]
+    counts = rng.poisson(users["rate"] * active_days)
     total = int(counts.sum())
     out = _columns(total)
     u = np.repeat(np.arange(n_u), counts)
@@ -102,10 +105,11 @@ def _legit(cfg: SynthConfig, users: dict, merch: dict, rng: np.random.Generator)
     # day: weekends weighted by the user's habit (the stream starts on cfg.start's weekday)
     start = np.datetime64(cfg.start, "D")
     weekday0 = (start.astype("datetime64[D]").view("int64") - 4) % 7  # 1970-01-01 was Thursday
-    day = rng.integers(0, cfg.days, total)
+    first, span = users["joined"][u], active_days[u]
+    day = first + (rng.random(total) * span).astype(np.int64)
     is_weekend = ((weekday0 + day) % 7) >= 5
     keep = rng.random(total) < np.where(is_weekend, users["weekend"][u] / 1.5, 1.0 / 1.5)
-    day = np.where(keep, day, rng.integers(0, cfg.days, total))  # a second draw, unweighted
+    day = np.where(keep, day, first + (rng.random(total) * span).astype(np.int64))  # unweighted
     hour = np.mod(users["peak"][u] + users["spread"][u] * rng.standard_normal(total), 24.0)
     secs = day * 86400 + np.floor(hour * 3600).astype(np.int64)
     out["ts"][:] = secs
@@ -144,7 +148,7 @@ def _fraud(cfg: SynthConfig, users: dict, merch: dict, rng: np.random.Generator)
         level = float(np.exp(users["mu"][v]))
         home = int(users["home"][v])
         foreign = int(rng.choice([c for c in range(len(COUNTRIES)) if c != home]))
-        t = rng.uniform(0.1, 0.92) * cfg.days * 86400
+        t = max(rng.uniform(0.1, 0.92) * cfg.days, users["joined"][v] + rng.uniform(0.5, 5)) * 86400
         name = SCENARIOS[k]
 
         def add(

@@ -21,7 +21,7 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deployments import NIGHTLY, WEEKLY, start_server
+    from flows.deployments import DAILY, NIGHTLY, WEEKLY, start_server
 
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -60,6 +60,8 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
             ct = asyncio.run(deployment("medical-ct/medical-ct-weekly-retrain"))
             assert [s.schedule.cron for s in ct.schedules] == [WEEKLY]
             assert ct.parameters == {"synthesize": False}
+            fr = asyncio.run(deployment("finance-risk-daily/finance-risk-daily-check"))
+            assert [s.schedule.cron for s in fr.schedules] == [DAILY]
             run = run_deployment(
                 "digits-reference/digits-nightly-retrain",
                 timeout=600,

@@ -62,3 +62,40 @@ def awkward(df: pl.DataFrame, seed: int = 0) -> pl.DataFrame:
 def stream() -> pl.DataFrame:
     """A small generated stream (canonical columns) with the awkward cases, shuffled."""
     return awkward(generate(small_cfg()))
+
+
+def tiny_train_cfg(data, out, **kw):
+    """A training run that takes seconds: few boosting rounds, two GRU epochs, short split."""
+    from pipelines.finance_risk.train import TrainConfig
+
+    base = dict(
+        data=str(data),
+        out_dir=str(out),
+        model={"boosting_iter": 40, "isolation_trees": 8, "gru_hidden": 8},
+        split={"test_days": 15.0, "maturity_days": 8.0, "valid_days": 15.0, "burn_in_days": 10.0},
+        trainer={"max_epochs": 2, "progress": "off"},
+        alert_budget_per_day=5.0,
+        max_negatives=20_000,
+        max_sequence_rows=4_000,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def stream_cfg(**kw) -> SynthConfig:
+    """The trained fixture's stream: 70 days, enough frauds in every period."""
+    base = dict(n_users=500, days=70, n_merchants=400, fraud_users=0.1, label_delay_days=(1.0, 6.0))
+    base.update(kw)
+    return SynthConfig(**base)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A small trained model directory and the stream it was trained on."""
+    from pipelines.finance_risk.synth import write_dataset
+    from pipelines.finance_risk.train import train
+
+    root = tmp_path_factory.mktemp("fr_model")
+    data, _ = write_dataset(root / "tx.parquet", stream_cfg())
+    metrics, out = train(tiny_train_cfg(data, root / "model"))
+    return {"data": data, "model": out, "metrics": metrics, "root": root}
