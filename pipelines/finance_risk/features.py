@@ -92,28 +92,20 @@ def event_vectors(feats: np.ndarray, names: list[str]) -> np.ndarray:
     """Rows of features (columns ``names``) as sequence-model vectors ``(n, len(SEQ_FEATURES))``,
     float32, scaled to about unit range, NaN replaced. The same function serves batch and online,
     so both give the same bytes."""
-    col = {n: feats[:, names.index(n)] for n in SEQ_FEATURES if n in names}
-    nan0 = lambda x: np.nan_to_num(x, nan=0.0)  # noqa: E731
-    zero = np.zeros(feats.shape[0])
-    out = np.stack(
-        [
-            col["log_amount"] / 5.0,
-            np.where(
-                np.isnan(col["secs_since_prev"]),
-                -1.0,
-                np.log1p(nan0(col["secs_since_prev"])) / 10.0,
-            ),
-            nan0(col["new_merchant"]),
-            nan0(col["new_device"]),
-            nan0(col["new_country"]),
-            col["hour"] / 23.0,
-            np.clip(nan0(col["amount_z"]), -5.0, 20.0) / 5.0,
-            np.nan_to_num(col["merchant_risk"], nan=0.0) * 10.0,
-            np.log1p(col.get("count_1h", zero)) / 2.0,
-            np.log1p(col.get("count_24h", zero)) / 3.0,
-        ],
-        axis=1,
-    )
+    feats = np.asarray(feats, np.float64)
+    cols = [feats[:, names.index(n)] if n in names else np.zeros(len(feats)) for n in SEQ_FEATURES]
+    x = np.stack(cols, axis=1)
+    nan = np.isnan(x)
+    x0 = np.where(nan, 0.0, x)
+    out = np.empty_like(x0)
+    out[:, 0] = x0[:, 0] / 5.0  # log_amount
+    out[:, 1] = np.where(nan[:, 1], -1.0, np.log1p(x0[:, 1]) / 10.0)  # secs_since_prev
+    out[:, 2:5] = x0[:, 2:5]  # new merchant / device / country
+    out[:, 5] = x0[:, 5] / 23.0  # hour
+    out[:, 6] = np.clip(x0[:, 6], -5.0, 20.0) / 5.0  # amount_z
+    out[:, 7] = x0[:, 7] * 10.0  # merchant_risk
+    out[:, 8] = np.log1p(x0[:, 8]) / 2.0  # count_1h
+    out[:, 9] = np.log1p(x0[:, 9]) / 3.0  # count_24h
     return out.astype(np.float32)
 
 
@@ -556,13 +548,21 @@ class OnlineFeatures:
         self.apply(event, out)
         return out
 
-    def apply(self, event: dict[str, Any], feats: list[float] | None = None) -> None:
-        """Add a transaction (and its features, for the sequence history) to the state."""
+    def apply(
+        self,
+        event: dict[str, Any],
+        feats: list[float] | None = None,
+        vector: np.ndarray | None = None,
+    ) -> None:
+        """Add a transaction (and its features, for the sequence history) to the state;
+        ``vector`` is its :func:`event_vectors` row when the caller has it already."""
         t = _ts_us(event["timestamp"])
         u = self.users.setdefault(str(event["user_id"]), _User())
-        if feats is None:
-            feats = self.features(event)
-        vec = event_vectors(np.asarray([feats]), self.names)[0].tolist()
+        if vector is None:
+            if feats is None:
+                feats = self.features(event)
+            vector = event_vectors(np.asarray([feats]), self.names)[0]
+        vec = np.asarray(vector, np.float32).tolist()
         j = bisect.bisect_right([s for s, _ in u.recent], t)
         u.recent.insert(j, [t, vec])
         # ties at one instant hide each other, so keep more than the length (2x)
