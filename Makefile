@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/vision_qc.py
 	$(PY) benchmarks/vision_qc_heldout.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/finance_risk.py
 
 clean:
 	rm -rf $(VENV) data/runs data/mlflow data/prefect .pytest_cache

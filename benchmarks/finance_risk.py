@@ -68,10 +68,15 @@ def features_section(rows: int, work: Path) -> dict[str, Any]:
     from pipelines.finance_risk.synth import generate
     from tests.pipelines.finance_risk.pandas_reference import reference_features
 
-    users = int(rows / 170) + 1
+    users = int(rows / 140) + 1
     t = time.perf_counter()
     frame = generate(SynthConfig(n_users=users, days=120, seed=3))
     synth_s = time.perf_counter() - t
+    if frame.height < rows:  # the rate per user is random: scale up once
+        users = int(users * rows / frame.height * 1.01) + 1
+        t = time.perf_counter()
+        frame = generate(SynthConfig(n_users=users, days=120, seed=3))
+        synth_s = time.perf_counter() - t
     print(f"generated {frame.height} rows of {users} users in {synth_s:.1f} s", flush=True)
     cfg = FeatureConfig()
     names = feature_names(cfg)

@@ -28,6 +28,7 @@ from flows.tasks import (
     publish_metrics,
     publish_model_card,
     release,
+    release_fields,
     run_root,
 )
 from pipelines.finance_risk.config import FeatureConfig, IngestConfig, SynthConfig
@@ -237,11 +238,7 @@ def finance_risk_flow(
         "test": rep,
         "sequence_variant": exported["sequence_variant"],
         "deployed_dir": exported["out_dir"],
-        "model_name": model_name,
-        "version": version,
-        "alias": "production" if decision.promoted else "candidate",
-        "promotion_reason": decision.reason,
-        "server_reload": reload,
+        **release_fields(model_name, version, decision, reload),
     }
     rows = [
         {

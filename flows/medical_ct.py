@@ -25,6 +25,7 @@ from flows.tasks import (
     publish_metrics,
     publish_model_card,
     release,
+    release_fields,
     run_root,
 )
 from pipelines.medical_ct.config import SynthConfig
@@ -193,11 +194,7 @@ def medical_ct_flow(
         "int8_agreement": int8["agreement"],
         "size_ratio": parity["size_ratio"],
         "int8_dir": parity["int8_dir"],
-        "model_name": model_name,
-        "version": version,
-        "alias": "production" if decision.promoted else "candidate",
-        "promotion_reason": decision.reason,
-        "server_reload": reload,
+        **release_fields(model_name, version, decision, reload),
     }
 
     def fmt(v: float | None) -> str:

@@ -21,6 +21,7 @@ from flows.tasks import (
     publish_metrics,
     publish_model_card,
     release,
+    release_fields,
     run_root,
 )
 
@@ -134,11 +135,7 @@ def reference_flow(
         "int8_accuracy": int8_acc,
         "int8_drop": drop,
         "benchmark": bench,
-        "model_name": model_name,
-        "version": version,
-        "alias": "production" if decision.promoted else "candidate",
-        "promotion_reason": decision.reason,
-        "server_reload": reload,
+        **release_fields(model_name, version, decision, reload),
     }
     rows = [
         {"what": "test accuracy fp32 / INT8", "value": f"{fp32_acc:.4f} / {int8_acc:.4f}"},

@@ -128,3 +128,16 @@ def release(
         else {"reloaded": False, "reason": "not promoted"}
     )
     return version, decision, reload
+
+
+def release_fields(
+    name: str, version: str, decision: Promotion, reload: dict[str, Any]
+) -> dict[str, Any]:
+    """The part of every flow's summary that says what :func:`release` did."""
+    return {
+        "model_name": name,
+        "version": version,
+        "alias": "production" if decision.promoted else "candidate",
+        "promotion_reason": decision.reason,
+        "server_reload": reload,
+    }

@@ -23,6 +23,7 @@ from flows.tasks import (
     publish_metrics,
     publish_model_card,
     release,
+    release_fields,
     run_root,
 )
 from pipelines.vision_qc.config import DataConfig, SynthConfig
@@ -192,11 +193,7 @@ def vision_qc_flow(
         "int8_map50_drop": drop,
         "box_agreement": int8["box_agreement"],
         "int8_dir": parity["int8_dir"],
-        "model_name": model_name,
-        "version": version,
-        "alias": "production" if decision.promoted else "candidate",
-        "promotion_reason": decision.reason,
-        "server_reload": reload,
+        **release_fields(model_name, version, decision, reload),
     }
     rows = [
         {

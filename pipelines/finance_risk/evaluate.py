@@ -26,6 +26,7 @@ import polars as pl
 
 from core.atomic import atomic_write_text
 from core.errors import DataError
+from pipelines.finance_risk.features import profile, psi_against
 
 PSI_DRIFT = 0.2  # a feature above this has drifted (the usual rule of thumb)
 
@@ -43,30 +44,6 @@ def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float = 0.01) -> float:
     f, t, _ = roc_curve(y, score)
     ok = f <= fpr
     return float(t[ok].max()) if ok.any() else 0.0
-
-
-def _shares(edges: np.ndarray, x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    nan = ~np.isfinite(x)
-    counts = np.bincount(np.searchsorted(edges, x[~nan], side="right"), minlength=len(edges) + 1)
-    return np.append(counts, nan.sum()).astype(np.float64) / max(len(x), 1)
-
-
-def profile(reference: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    """What PSI needs of a reference feature: its decile edges and the share in each bin
-    (plus the NaN share, last). Small enough for a model's ``config.json``."""
-    ref = np.asarray(reference, np.float64)
-    finite = ref[np.isfinite(ref)]
-    qs = np.quantile(finite, np.linspace(0, 1, bins + 1)[1:-1]) if finite.size else np.empty(0)
-    edges = np.unique(qs)
-    return {"edges": edges.tolist(), "shares": _shares(edges, ref).tolist()}
-
-
-def psi_against(prof: dict[str, list[float]], recent: np.ndarray) -> float:
-    """Population stability index of ``recent`` against a reference :func:`profile`."""
-    e = np.maximum(np.asarray(prof["shares"]), 1e-4)
-    a = np.maximum(_shares(np.asarray(prof["edges"]), recent), 1e-4)
-    return float(np.sum((a - e) * np.log(a / e)))
 
 
 def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float:

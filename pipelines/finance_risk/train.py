@@ -41,13 +41,13 @@ from core.train import Callback, LossTrace, Trainer, TrainerConfig, seed_everyth
 from core.typedconfig import check_types, deep_merge
 from pipelines.finance_risk.config import FeatureConfig, IngestConfig, window_seconds
 from pipelines.finance_risk.data import read_transactions
-from pipelines.finance_risk.evaluate import profile
 from pipelines.finance_risk.features import (
     SEQ_FEATURES,
     compute_features,
     event_vectors,
     feature_names,
     gather_sequences,
+    profile,
     sequence_index,
 )
 from pipelines.finance_risk.model import (

@@ -194,3 +194,52 @@ def test_identifiers_are_logged_hashed_never_raw(trained, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "alert" in text and hash_id("ACCT-0042") in text
     assert "4111111111111111" not in text and "ACCT-0042" not in text
+
+
+_WORKER = """
+import json, sys
+from pipelines.finance_risk.predict import FraudScorer
+scorer = FraudScorer(sys.argv[1], sys.argv[2], snapshot_every=150)
+for line in sys.stdin:
+    d = scorer.score_event(json.loads(line))
+    print(json.dumps({"id": d["transaction_id"], "score": d["score"], "dup": d["duplicate"]}), flush=True)
+"""
+
+
+@pytest.mark.multiprocess
+def test_a_sigkilled_scorer_loses_nothing_and_counts_nothing_twice(trained, fresh, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    txs = [r for kind, r in _events(fresh) if kind == "tx"][:400]
+    lines = [json.dumps({**r, "timestamp": r["timestamp"].isoformat()}) for r in txs]
+    straight = FraudScorer(trained["model"])
+    want = {r["transaction_id"]: straight.score_event(r)["score"] for r in txs}
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-c", _WORKER, str(trained["model"]), str(tmp_path / "state")]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    acked = []
+    for line in lines[:250]:  # a client that sends one event and waits for its answer
+        p.stdin.write(line + "\n")
+        p.stdin.flush()
+        acked.append(json.loads(p.stdout.readline()))
+    os.kill(p.pid, signal.SIGKILL)  # no close, no final snapshot
+    p.wait()
+    # the client resends from its last 20 acknowledged events on
+    q = subprocess.run(
+        cmd,
+        input="\n".join(lines[230:]) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert q.returncode == 0, q.stderr[-2000:]
+    again = [json.loads(x) for x in q.stdout.splitlines()]
+    assert all(a["dup"] for a in again[:20]) and not any(a["dup"] for a in again[20:])
+    got = {a["id"]: a["score"] for a in acked + again[20:]}
+    assert set(got) == set(want)
+    assert all(got[k] == pytest.approx(want[k], abs=1e-9) for k in want)
