@@ -197,7 +197,7 @@ def model_section(work: Path, users: int, heldout_users: int) -> dict[str, Any]:
 
 
 def online_section(model: Path, work: Path) -> dict[str, Any]:
-    from pipelines.finance_risk.config import SynthConfig
+    from pipelines.finance_risk.config import EVENT_FIELDS, SynthConfig
     from pipelines.finance_risk.data import read_transactions
     from pipelines.finance_risk.features import replay_order
     from pipelines.finance_risk.predict import FraudScorer
@@ -208,22 +208,11 @@ def online_section(model: Path, work: Path) -> dict[str, Any]:
     )
     frame = read_transactions(path).frame
     scorer = FraudScorer(model, work / "state", snapshot_every=10**9)
-    fields = (
-        "transaction_id",
-        "user_id",
-        "timestamp",
-        "amount",
-        "merchant_id",
-        "merchant_category",
-        "device_id",
-        "country",
-        "channel",
-    )
     lat = []
     t0 = time.perf_counter()
     for kind, r in replay_order(frame):
         if kind == "tx":
-            ev = {k: r.get(k) for k in fields}
+            ev = {k: r.get(k) for k in EVENT_FIELDS}
             t = time.perf_counter()
             scorer.score_event(ev)
             lat.append(time.perf_counter() - t)

@@ -26,6 +26,8 @@ OPTIONAL = (
     "scenario",
 )
 CANONICAL = REQUIRED + OPTIONAL
+#: What one online transaction event carries (the labels arrive later, on their own).
+EVENT_FIELDS = REQUIRED + OPTIONAL[:5]
 
 #: Fraud scenarios the seeded simulator draws (``synth.py``); "none" is legitimate.
 SCENARIOS = (

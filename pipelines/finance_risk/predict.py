@@ -39,7 +39,7 @@ import polars as pl
 
 from core.atomic import atomic_write_text
 from core.errors import DataError
-from pipelines.finance_risk.config import IngestConfig
+from pipelines.finance_risk.config import EVENT_FIELDS, IngestConfig
 from pipelines.finance_risk.data import parse_event, read_transactions
 from pipelines.finance_risk.deploy import Ensemble, model_features, score_frame
 from pipelines.finance_risk.features import OnlineFeatures, replay_order
@@ -285,20 +285,7 @@ class FraudScorer:
             task = bar.add_task("scoring", total=len(events))
             for i, (kind, r) in enumerate(events):
                 if kind == "tx":
-                    ev = {
-                        k: r.get(k)
-                        for k in (
-                            "transaction_id",
-                            "user_id",
-                            "timestamp",
-                            "amount",
-                            "merchant_id",
-                            "merchant_category",
-                            "device_id",
-                            "country",
-                            "channel",
-                        )
-                    }
+                    ev = {k: r.get(k) for k in EVENT_FIELDS}
                     ev.update({x[2:]: r[x] for x in self.extra})
                     d = self.score_event(ev)
                     rows.append(

@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 
 from core.errors import DataError
+from pipelines.finance_risk.config import EVENT_FIELDS
 from pipelines.finance_risk.data import read_transactions
 from pipelines.finance_risk.features import replay_order
 from pipelines.finance_risk.predict import FraudScorer, hash_id
@@ -17,17 +18,6 @@ from pipelines.finance_risk.synth import write_dataset
 from tests.pipelines.finance_risk.conftest import stream_cfg
 
 pytestmark = pytest.mark.xdist_group("finance_risk_model")
-FIELDS = (
-    "transaction_id",
-    "user_id",
-    "timestamp",
-    "amount",
-    "merchant_id",
-    "merchant_category",
-    "device_id",
-    "country",
-    "channel",
-)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +47,7 @@ def test_scoring_a_file_event_by_event_equals_batch_scoring(trained, fresh, tmp_
 
 def _events(path):
     return [
-        (kind, {k: r.get(k) for k in FIELDS} if kind == "tx" else r)
+        (kind, {k: r.get(k) for k in EVENT_FIELDS} if kind == "tx" else r)
         for kind, r in replay_order(read_transactions(path).frame)
     ]
 
