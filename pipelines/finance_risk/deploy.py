@@ -113,10 +113,7 @@ class Ensemble:
         """``(probability, stacked score, alert)`` of feature rows ``x`` ``(n, F)``."""
         base = self.base_scores(x, seq)
         s = self.head.stack(base)
-        seg = self.head._seg(segments, len(s))
-        prob = self.head.probability(base, segments)
-        thr = np.array([self.head.thresholds.get(k, self.head.thresholds["*"]) for k in seg])
-        return prob, s, s >= thr
+        return self.head.probability(base, segments), s, self.head.decide(s, segments)
 
     def contributions(self, x: np.ndarray, top: int = 5) -> list[tuple[str, float]]:
         """The ``top`` features of one row by their effect on the boosting logit."""

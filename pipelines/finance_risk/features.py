@@ -152,7 +152,7 @@ def _prepare(frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
         )
     if df.height == 0:
         raise DataError("no transactions to compute features of", fix="give a non-empty table")
-    for c, _ in ((c, 0) for c in ("merchant_id", "device_id", "country")):
+    for c in ("merchant_id", "device_id", "country"):
         if c not in df.columns:
             df = df.with_columns(pl.lit(None, pl.String).alias(c))
     return df.sort(["user_id", "timestamp", "transaction_id"])

@@ -127,10 +127,12 @@ class Head:
             out[m] = self.calibrators[k](s[m])
         return out
 
-    def decide(self, prob: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
-        seg = self._seg(segments, len(prob))
+    def decide(self, stacked: np.ndarray, segments: np.ndarray | None = None) -> np.ndarray:
+        """Alerts: the stacked score (:meth:`stack`, where the thresholds were chosen) at or
+        above its segment's threshold (``"*"`` for segments validation did not have)."""
+        seg = self._seg(segments, len(stacked))
         thr = np.array([self.thresholds.get(k, self.thresholds["*"]) for k in seg])
-        return prob >= thr
+        return stacked >= thr
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
