@@ -2,13 +2,23 @@
 
 from core.serve.app import ModelHandle, ServeConfig, create_app
 from core.serve.batcher import length_groups
-from core.serve.predictor import ModelDirPredictor, Predictor, RequestError
+from core.serve.predictor import (
+    ModelDirPredictor,
+    NotFound,
+    Predictor,
+    RequestError,
+    Route,
+    RouteCall,
+)
 
 __all__ = [
     "ModelDirPredictor",
     "ModelHandle",
+    "NotFound",
     "Predictor",
     "RequestError",
+    "Route",
+    "RouteCall",
     "ServeConfig",
     "create_app",
     "length_groups",

@@ -8,6 +8,7 @@ Endpoints::
     GET  /v1/health/ready            200 once the model is loaded and warmed up, else 503
     GET  /metrics                    Prometheus text
     POST /v1/admin/reload            check the registry now (hot reload), when one is attached
+    (a domain's own routes)          e.g. POST /v1/conversations/{id}/messages (``Route``)
 
 Limits and errors: body over ``max_body_bytes`` -> 413; invalid JSON or fields -> 422 with
 field-level ``detail``; queue full -> 503 + ``Retry-After``; over ``request_timeout_s`` -> 504;
@@ -49,7 +50,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.serve.batcher import DynamicBatcher, QueueFull
 from core.serve.metrics import ServeMetrics
-from core.serve.predictor import MultipartBody, Predictor, RequestError, Upload
+from core.serve.predictor import (
+    MultipartBody,
+    NotFound,
+    Predictor,
+    RequestError,
+    Route,
+    RouteCall,
+    Upload,
+)
 
 log = logging.getLogger("core.serve")
 
@@ -133,12 +142,14 @@ def create_app(
     predictor: Predictor | Callable[[], Predictor],
     config: ServeConfig | None = None,
     watcher: Any = None,
+    routes: tuple[Route, ...] = (),
 ) -> FastAPI:
     """A FastAPI app serving ``predictor`` (or a factory building it at start-up).
 
     ``watcher`` (optional) has ``check() -> Callable[[], Predictor] | None``: a factory for a
     new predictor when the registry alias has moved. It is polled every ``watch_interval_s``
-    and on ``POST /v1/admin/reload``.
+    and on ``POST /v1/admin/reload``. ``routes``: the domain's own endpoints (see
+    :class:`~core.serve.predictor.Route`).
     """
     cfg = config or ServeConfig()
     factory: Callable[[], Predictor] = (
@@ -248,11 +259,19 @@ def create_app(
         metrics.requests.labels(label, str(status)).inc()
         metrics.latency.labels(label).observe(seconds)
 
+    posts = [
+        re.compile(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(r.path)))
+        for r in routes
+        if r.method == "POST"
+    ]
+
     def shed(scope: Scope) -> bytes | None:
         """The 503 body for a prediction the queue cannot take, else None. Checked before
         routing, so overload costs no body read, parse or decode, and as little as a request
         can cost (measured: the flood of 503s under 400 clients is what starves the model)."""
-        if scope["method"] != "POST" or not scope["path"].endswith("/predict"):
+        if scope["method"] != "POST" or not (
+            scope["path"].endswith("/predict") or any(rx.fullmatch(scope["path"]) for rx in posts)
+        ):
             return None
         depth = batcher.depth
         if depth + admitted < cfg.max_queue:
@@ -321,11 +340,32 @@ def create_app(
         count(name, resp.status_code, time.perf_counter() - t0)
         return resp
 
-    def parse_and_decode(pred: Predictor, ctype: str, body: Any) -> list[Any] | JSONResponse:
+    def route_handler(route: Route) -> Callable[[Request], Any]:
+        async def on_route(request: Request) -> JSONResponse:
+            t0 = time.perf_counter()
+            served = handle.current
+            try:
+                resp = await _predict(served.name if served else "", request, route)
+            except Exception as exc:
+                log.exception("request failed")
+                resp = error(500, f"request failed ({type(exc).__name__})")
+            count(served.name if served else "", resp.status_code, time.perf_counter() - t0)
+            return resp
+
+        return on_route
+
+    for route in routes:
+        app.add_api_route(route.path, route_handler(route), methods=[route.method], name=route.name)
+
+    def parse_and_decode(
+        pred: Predictor, ctype: str, body: Any, call: RouteCall | None = None
+    ) -> list[Any] | JSONResponse:
         """On the decode pool: JSON (multipart was parsed on the loop) -> the predictor's items,
-        or the 422 that names what is wrong."""
-        if ctype.startswith("multipart/form-data"):
-            payload: Any = body
+        or the 422 (404) that names what is wrong."""
+        if call is not None and not body:
+            payload: Any = None
+        elif ctype.startswith("multipart/form-data"):
+            payload = body
         else:
             try:
                 payload = json.loads(body)
@@ -333,22 +373,26 @@ def create_app(
                 return error(422, [{"loc": ["body"], "msg": "invalid JSON: nested too deeply"}])
             except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, int digit limit
                 return error(422, [{"loc": ["body"], "msg": f"invalid JSON: {exc}"}])
+        if call is not None:
+            call.body, payload = payload, call
         try:
             return pred.decode(payload)
+        except NotFound as exc:
+            return error(404, exc.errors)
         except RequestError as exc:
             return error(422, exc.errors)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             # a predictor's decode met input it did not expect: still the request's fault
             return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
 
-    async def _predict(name: str, request: Request) -> JSONResponse:
+    async def _predict(name: str, request: Request, route: Route | None = None) -> JSONResponse:
         nonlocal admitted
         pred = handle.current
         if pred is None:
             if handle.error is not None and not handle.loading:  # retrying will not help
                 return error(503, f"model failed to load: {public_text(handle.error)}")
             return error(503, "model not ready", {"Retry-After": "1"})
-        if name != pred.name:
+        if route is None and name != pred.name:
             return error(404, f"unknown model {name!r}; this server serves {pred.name!r}")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > cfg.max_body_bytes:
@@ -356,8 +400,9 @@ def create_app(
                 413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
             )
         admitted += 1
+        call = None if route is None else RouteCall(route.name, dict(request.path_params), None)
         try:
-            items = await _read_and_decode(pred, request)
+            items = await _read_and_decode(pred, request, call)
         finally:
             admitted -= 1
         if isinstance(items, JSONResponse):
@@ -370,7 +415,9 @@ def create_app(
             return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
         return JSONResponse(pred.encode(outputs))
 
-    async def _read_and_decode(pred: Predictor, request: Request) -> list[Any] | JSONResponse:
+    async def _read_and_decode(
+        pred: Predictor, request: Request, call: RouteCall | None = None
+    ) -> list[Any] | JSONResponse:
         body = bytearray()
         try:
             async with asyncio.timeout(cfg.body_timeout_s):
@@ -396,7 +443,7 @@ def create_app(
             except Exception as exc:  # malformed multipart: the client's fault
                 return error(422, [{"loc": ["body"], "msg": f"invalid multipart body: {exc}"}])
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(decode_pool, parse_and_decode, pred, ctype, payload)
+        return await loop.run_in_executor(decode_pool, parse_and_decode, pred, ctype, payload, call)
 
     return app
 
@@ -480,6 +527,7 @@ def app_for(
     name: str | None = None,
     alias: str | None = None,
     watch_interval_s: float | None = None,
+    routes: tuple[Route, ...] = (),
 ) -> FastAPI:
     """The app for a model directory, or for a registered model's alias (``alias``, else
     ``config.alias``, else ``"production"``) with hot reload, polled every
@@ -497,8 +545,8 @@ def app_for(
             config.watch_interval_s = watch_interval_s
         watcher = RegistryWatcher(ModelRegistry(), registry, cfg_alias, predictor=predictor)
         config.alias = cfg_alias
-        return create_app(watcher.current(), config, watcher=watcher)
+        return create_app(watcher.current(), config, watcher=watcher, routes=routes)
     if model_dir is None:
         raise ConfigError("nothing to serve", fix="pass a MODEL_DIR or --registry NAME")
     path = Path(model_dir)
-    return create_app(predictor(path, name or path.name, "1"), config)
+    return create_app(predictor(path, name or path.name, "1"), config, routes=routes)

@@ -53,6 +53,29 @@ class RequestError(DVError):
         super().__init__("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors))
 
 
+class NotFound(RequestError):
+    """The request names something that does not exist (a conversation id): HTTP 404."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """An endpoint of a domain's own beside ``/v1/models/{name}/predict``: requests to
+    ``path`` (``{param}`` placeholders allowed) reach the predictor's ``decode`` as
+    ``RouteCall(route.name, path_params, body)`` and take the same admission, batching,
+    limits and metrics as predictions."""
+
+    method: str  # "GET" or "POST"
+    path: str  # e.g. "/v1/conversations/{conversation_id}/messages"
+    name: str  # what decode sees in RouteCall.route
+
+
+@dataclass
+class RouteCall:
+    route: str
+    params: dict[str, str]
+    body: Any  # the parsed JSON body (None for GET or an empty body)
+
+
 class Predictor(Protocol):
     name: str
     version: str

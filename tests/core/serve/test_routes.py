@@ -1,0 +1,101 @@
+"""A domain's own routes on core.serve: path parameters reach decode, NotFound is a 404 and
+RequestError a 422, route calls share the dynamic batch with each other, and overload and the
+API key apply to them as to /predict."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import threading
+import time
+
+import httpx
+
+from core.serve import NotFound, RequestError, Route, RouteCall, ServeConfig, create_app
+from core.serve.server import BackgroundServer, wait_until_ready
+
+ROUTES = (
+    Route("POST", "/v1/things/{thing}/echo", "echo"),
+    Route("GET", "/v1/things/{thing}", "get"),
+)
+
+
+class Things:
+    name, version = "things", "1"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[int] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def load(self) -> None: ...
+    def warmup(self) -> None: ...
+
+    def decode(self, body):
+        assert isinstance(body, RouteCall)
+        thing = body.params["thing"]
+        if thing == "missing":
+            raise NotFound([{"loc": ["path", "thing"], "msg": "no such thing"}])
+        if body.route == "echo" and not isinstance(body.body, dict):
+            raise RequestError([{"loc": ["body"], "msg": "send an object"}])
+        return [(body.route, thing, body.body)]
+
+    def predict_batch(self, items):
+        time.sleep(self.delay)
+        with self.lock:
+            self.batches.append(len(items))
+        return [{"route": r, "thing": t, "body": b} for r, t, b in items]
+
+    def encode(self, outputs):
+        return outputs[0]
+
+
+def _server(pred, **kw):
+    cfg = ServeConfig(max_batch_size=16, max_queue_delay_ms=20, **kw)
+    return BackgroundServer(create_app(pred, cfg, routes=ROUTES))
+
+
+def test_routes_dispatch_and_map_errors():
+    pred = Things()
+    with _server(pred) as srv:
+        wait_until_ready(srv.url, timeout=30)
+        r = httpx.post(f"{srv.url}/v1/things/abc/echo", json={"x": 1}, timeout=10)
+        assert r.json() == {"route": "echo", "thing": "abc", "body": {"x": 1}}
+        assert httpx.get(f"{srv.url}/v1/things/xyz", timeout=10).json()["body"] is None
+        miss = httpx.get(f"{srv.url}/v1/things/missing", timeout=10)
+        assert miss.status_code == 404 and miss.json()["detail"][0]["msg"] == "no such thing"
+        assert httpx.post(f"{srv.url}/v1/things/a/echo", json=[1], timeout=10).status_code == 422
+        bad = httpx.post(f"{srv.url}/v1/things/a/echo", content=b"{", timeout=10)
+        assert bad.status_code == 422 and "invalid JSON" in bad.text
+        metrics = httpx.get(f"{srv.url}/metrics", timeout=10).text
+        assert 'dv_requests_total{model="things",status="404"}' in metrics
+
+
+def test_route_calls_are_batched_together():
+    pred = Things(delay=0.05)
+    with _server(pred) as srv:
+        wait_until_ready(srv.url, timeout=30)
+
+        def call(i):
+            return httpx.post(f"{srv.url}/v1/things/t{i}/echo", json={"i": i}, timeout=30).json()
+
+        with cf.ThreadPoolExecutor(16) as pool:
+            out = list(pool.map(call, range(32)))
+        assert [o["body"]["i"] for o in out] == list(range(32))
+        assert max(pred.batches) > 1  # several conversations shared one forward
+
+
+def test_overload_and_api_key_apply_to_routes(monkeypatch):
+    pred = Things(delay=0.3)
+    with _server(pred, max_queue=2) as srv:
+        wait_until_ready(srv.url, timeout=30)
+
+        def call(i):
+            return httpx.post(f"{srv.url}/v1/things/t{i}/echo", json={}, timeout=30).status_code
+
+        with cf.ThreadPoolExecutor(12) as pool:
+            codes = list(pool.map(call, range(12)))
+        assert 503 in codes and 200 in codes
+        monkeypatch.setenv("DV_API_KEY", "k")
+        assert httpx.get(f"{srv.url}/v1/things/a", timeout=10).status_code == 401
+        ok = httpx.get(f"{srv.url}/v1/things/a", headers={"x-api-key": "k"}, timeout=10)
+        assert ok.status_code == 200

@@ -1,0 +1,59 @@
+"""Tokens and tags on the real tokenizer: spans become BIO tags and come back as the same
+surface strings; a long message keeps its end; the generator's spans point at slot values."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.nlp_service import model as M
+from pipelines.nlp_service.config import TAGS, SynthConfig
+from pipelines.nlp_service.data import Span
+from pipelines.nlp_service.synth import messages
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return M.load_tokenizer()
+
+
+def test_spans_to_tags_and_back(tok):
+    text = "Send £45.20 to sam12@mail.net, order A-77812 please"
+    spans = [Span("amount", 5, 11), Span("email", 15, 29), Span("order_id", 37, 44)]
+    enc = M.encode_texts(tok, [text], 64)
+    tags = M.tag_targets(enc["offsets"], enc["special"], [spans])
+    names = [TAGS[t] for t in tags[0] if t != M.IGNORE]
+    assert names.count("B-amount") == 1 and names.count("B-email") == 1
+    assert "I-email" in names  # an email is several word pieces
+    assert tags[0][0] == M.IGNORE  # [CLS]
+    back = M.decode_tags([max(t, 0) for t in tags[0]], enc["offsets"][0], enc["special"][0], text)
+    assert back == [("amount", "£45.20"), ("email", "sam12@mail.net"), ("order_id", "A-77812")]
+
+
+def test_generated_spans_survive_the_round_trip(tok):
+    ex = [e for e in messages(SynthConfig(per_intent=6, seed=5)) if e.slots][:40]
+    enc = M.encode_texts(tok, [e.text for e in ex], 128)
+    tags = M.tag_targets(enc["offsets"], enc["special"], [e.slots for e in ex])
+    for b, e in enumerate(ex):
+        back = M.decode_tags(
+            [max(t, 0) for t in tags[b]], enc["offsets"][b], enc["special"][b], e.text
+        )
+        assert back == [(s.slot, e.text[s.start : s.end]) for s in e.slots]
+
+
+def test_long_messages_keep_their_last_tokens(tok):
+    text = "blah " * 300 + "where is my order"
+    enc = M.encode_texts(tok, [text], 16)
+    ids = enc["input_ids"][0]
+    assert len(ids) == 16
+    assert tok.decode(ids[-5:-1]).strip() == "where is my order"
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+
+
+def test_a_model_dir_of_another_kind_is_refused(tmp_path):
+    from core.errors import ModelLoadError
+
+    (tmp_path / "config.json").write_text('{"kind": "vision_qc"}')
+    with pytest.raises(ModelLoadError, match="not an nlp_service model"):
+        M.load(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
+        M.load(tmp_path / "missing")
