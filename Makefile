@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/vision_qc_heldout.py
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/finance_risk.py
+	$(PY) benchmarks/nlp_service.py
 
 clean:
 	rm -rf $(VENV) data/runs data/mlflow data/prefect .pytest_cache

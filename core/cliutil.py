@@ -36,6 +36,22 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def domain_app(help: str) -> Any:
+    """A domain CLI's Typer app: ``--help`` when called bare, and ``--verbose/-v`` (debug
+    logging) before any command; logging is set up before each command runs."""
+    import typer
+
+    app = typer.Typer(help=help, no_args_is_help=True, add_completion=False)
+
+    @app.callback()
+    def _main(
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    ) -> None:
+        setup_logging(verbose)
+
+    return app
+
+
 def exits_on_error(fn: F) -> F:
     """Wrap a CLI command: a :class:`DVError` prints ``error: <message>`` and exits 2."""
 

@@ -28,6 +28,7 @@ DAILY = "30 4 * * *"  # 04:30 every day
 def deployments(epochs: int = 4) -> list:
     from flows.finance_risk import finance_risk_daily
     from flows.medical_ct import medical_ct_flow
+    from flows.nlp_service import nlp_service_flow
     from flows.reference import reference_flow
     from flows.vision_qc import vision_qc_flow
 
@@ -56,6 +57,14 @@ def deployments(epochs: int = 4) -> list:
             description="Weekly retraining of the nodule segmenter on the cases under "
             "$DV_DATA_ROOT/medical_ct/synth, tested on .../synth_test (or the data_dir and "
             "test_dir parameters); promoted only if its CPM beats production",
+        ),
+        nlp_service_flow.to_deployment(
+            name="nlp-service-weekly-retrain",
+            cron=WEEKLY,
+            tags=["retrain", "nlp_service"],
+            description="Weekly retraining of the intent and slot model (the data parameter: "
+            "a JSONL/CSV of labelled messages; default: generated messages and the seed set); "
+            "promoted only if its accuracy on the hand-written set beats production",
         ),
         finance_risk_daily.to_deployment(
             name="finance-risk-daily-check",

@@ -21,12 +21,10 @@ from typing import Annotated
 
 import typer
 
-from core.cliutil import exits_on_error, read_json_config, setup_logging
+from core.cliutil import domain_app, exits_on_error, read_json_config
 
-app = typer.Typer(
-    help="Fraud scoring on transaction streams: synthesise, validate, features, train, evaluate, compress, score, serve.",
-    no_args_is_help=True,
-    add_completion=False,
+app = domain_app(
+    "Fraud scoring on transaction streams: synthesise, validate, features, train, evaluate, compress, score, serve."
 )
 
 MapOpt = Annotated[
@@ -40,13 +38,6 @@ def _ingest(mapping: list[str] | None, preset: str | None, timezone: str = "UTC"
     from pipelines.finance_risk.config import IngestConfig, parse_mapping
 
     return IngestConfig(preset=preset, column_map=parse_mapping(mapping or []), timezone=timezone)
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-) -> None:
-    setup_logging(verbose)
 
 
 @app.command()

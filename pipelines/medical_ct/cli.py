@@ -22,20 +22,11 @@ from typing import Annotated
 
 import typer
 
-from core.cliutil import exits_on_error, setup_logging
+from core.cliutil import domain_app, exits_on_error
 
-app = typer.Typer(
-    help="CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, compress, predict, serve.",
-    no_args_is_help=True,
-    add_completion=False,
+app = domain_app(
+    "CT lung-nodule segmentation: synthesise, ingest DICOM, de-identify, train, evaluate, compress, predict, serve."
 )
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-) -> None:
-    setup_logging(verbose)
 
 
 @app.command()

@@ -21,20 +21,9 @@ from typing import Annotated
 
 import typer
 
-from core.cliutil import exits_on_error, setup_logging
+from core.cliutil import domain_app, exits_on_error
 
-app = typer.Typer(
-    help="Customer-service dialogue: synthesise, train, evaluate, compress, chat, serve.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-) -> None:
-    setup_logging(verbose)
+app = domain_app("Customer-service dialogue: synthesise, train, evaluate, compress, chat, serve.")
 
 
 @app.command()

@@ -114,7 +114,9 @@ class ExportNet(nn.Module):
 def build(n_intents: int, encoder_path: str | os.PathLike[str] | None = None) -> DialogueNet:
     """A net with the pretrained encoder (packaged MiniLM unless ``encoder_path``)."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a tqdm bar per load; flows and CLIs log their own progress
     enc = AutoModel.from_pretrained(
         str(encoder_path or packaged_encoder()), local_files_only=True, attn_implementation="sdpa"
     )

@@ -21,13 +21,11 @@ from typing import Annotated, Any
 
 import typer
 
-from core.cliutil import exits_on_error, read_json_config, setup_logging
+from core.cliutil import domain_app, exits_on_error, read_json_config
 from core.typedconfig import build
 
-app = typer.Typer(
-    help="Industrial defect detection: synthesise, train, evaluate, compress, predict, serve.",
-    no_args_is_help=True,
-    add_completion=False,
+app = domain_app(
+    "Industrial defect detection: synthesise, train, evaluate, compress, predict, serve."
 )
 
 DataOpt = Annotated[
@@ -54,13 +52,6 @@ TestSetOpt = Annotated[
         "--test-set", help="the whole data set is a test set (no training or validation part)"
     ),
 ]
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
-) -> None:
-    setup_logging(verbose)
 
 
 def _under_data_root(*parts: str) -> Path:

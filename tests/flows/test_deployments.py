@@ -60,6 +60,8 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(t
             ct = asyncio.run(deployment("medical-ct/medical-ct-weekly-retrain"))
             assert [s.schedule.cron for s in ct.schedules] == [WEEKLY]
             assert ct.parameters == {"synthesize": False}
+            nlp = asyncio.run(deployment("nlp-service/nlp-service-weekly-retrain"))
+            assert [s.schedule.cron for s in nlp.schedules] == [WEEKLY]
             fr = asyncio.run(deployment("finance-risk-daily/finance-risk-daily-check"))
             assert [s.schedule.cron for s in fr.schedules] == [DAILY]
             run = run_deployment(

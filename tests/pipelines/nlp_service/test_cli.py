@@ -10,7 +10,6 @@ from typer.testing import CliRunner
 
 from pipelines.nlp_service.cli import app
 
-pytestmark = pytest.mark.xdist_group("nlp_model")
 runner = CliRunner()
 
 
@@ -33,6 +32,7 @@ def test_a_bad_training_file_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.xdist_group("nlp_model")
 def test_evaluate_and_chat(trained, tmp_path):
     r = runner.invoke(app, ["evaluate", str(trained["model"]), "--out", str(tmp_path / "ev")])
     assert r.exit_code == 0, r.output

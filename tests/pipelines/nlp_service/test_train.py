@@ -14,9 +14,8 @@ from pipelines.nlp_service.evaluate import intent_report, joint_goal_accuracy, s
 from pipelines.nlp_service.synth import dialogues, messages
 from pipelines.nlp_service.train import choose_threshold, pairs, split
 
-pytestmark = pytest.mark.xdist_group("nlp_model")
 
-
+@pytest.mark.xdist_group("nlp_model")
 def test_the_trained_model_beats_chance_on_other_seeds(trained):
     an = M.Analyzer(trained["model"], prefer="torch")
     held = messages(SynthConfig(per_intent=4, seed=77))  # another seed than training
@@ -33,6 +32,7 @@ def test_the_trained_model_beats_chance_on_other_seeds(trained):
     assert j["turns"] > 20 and 0.0 <= j["joint_goal_accuracy"] <= 1.0
 
 
+@pytest.mark.xdist_group("nlp_model")
 def test_onnx_int8_agrees_with_fp32(trained):
     p = trained["parity"]
     assert p["cosine_mean"] > 0.95 and p["intent_agreement"] > 0.9
