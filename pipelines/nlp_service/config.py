@@ -133,3 +133,23 @@ class DialogueConfig:
         check_types(self)
         if self.escalate_after_failures < 1 or self.max_turn_tokens < 8 or self.max_turn_chars < 1:
             raise ConfigError("escalate_after_failures >= 1, max_turn_tokens >= 8", fix="defaults")
+
+
+@dataclass
+class LongConfig:
+    """The long-context encoder and its continued training on long conversations."""
+
+    max_positions: int = 16384  # positions after extension (the 512 learned ones, copied)
+    window: int = 256  # sliding window per side, every layer
+    train_conversations: int = 96  # long conversations of the continued training
+    train_chars: int = 9000  # their length (~2K tokens: a fact 2K tokens back; cheap on CPU)
+    eval_conversations: int = 24  # held apart, another seed
+    eval_chars: int = 60000  # ~15K tokens (about 4 characters a token): all of it fits in 16K
+    epochs: int = 2
+    lr: float = 3e-5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        if not 512 <= self.max_positions <= 65536 or self.window < 1:
+            raise ConfigError("max_positions in [512, 65536] and window >= 1", fix="defaults")

@@ -136,12 +136,15 @@ class ConversationStore:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        # WAL + NORMAL: a commit survives the process being killed at any point (the case a
+        # restarted service meets); only a power cut may lose the last commits, never
+        # consistency. FULL would add an fsync per turn.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(
             """
             CREATE TABLE IF NOT EXISTS conversations (
                 id TEXT PRIMARY KEY, created REAL, updated REAL, state TEXT, tokens INTEGER,
-                dropped_turns INTEGER DEFAULT 0, meta TEXT);
+                dropped_turns INTEGER DEFAULT 0, meta TEXT, context TEXT DEFAULT '[]');
             CREATE TABLE IF NOT EXISTS turns (
                 conversation TEXT, n INTEGER, role TEXT, text TEXT, tokens INTEGER,
                 analysis TEXT, created REAL, PRIMARY KEY (conversation, n));
@@ -153,7 +156,7 @@ class ConversationStore:
         now = time.time()
         with self._lock:
             self._db.execute(
-                "INSERT INTO conversations VALUES (?, ?, ?, ?, 0, 0, ?)",
+                "INSERT INTO conversations VALUES (?, ?, ?, ?, 0, 0, ?, '[]')",
                 (cid, now, now, json.dumps(StateTracker().to_json()), json.dumps(meta or {})),
             )
         return cid
@@ -163,15 +166,18 @@ class ConversationStore:
             row = self._db.execute("SELECT 1 FROM conversations WHERE id = ?", (cid,)).fetchone()
         return row is not None
 
-    def load(self, cid: str) -> tuple[StateTracker, int, int] | None:
-        """``(tracker, tokens, dropped_turns)`` or None for an unknown id."""
+    def load(self, cid: str) -> tuple[StateTracker, int, int, list[int]] | None:
+        """``(tracker, tokens, dropped_turns, context)`` or None for an unknown id; ``context``
+        holds the token counts of the user turns still in context, oldest first."""
         with self._lock:
             row = self._db.execute(
-                "SELECT state, tokens, dropped_turns FROM conversations WHERE id = ?", (cid,)
+                "SELECT state, tokens, dropped_turns, context FROM conversations WHERE id = ?",
+                (cid,),
             ).fetchone()
         if row is None:
             return None
-        return StateTracker.from_json(json.loads(row[0])), int(row[1]), int(row[2])
+        tracker = StateTracker.from_json(json.loads(row[0]))
+        return tracker, int(row[1]), int(row[2]), json.loads(row[3])
 
     def append_turn(
         self,
@@ -183,6 +189,7 @@ class ConversationStore:
         tracker: StateTracker,
         tokens: int,
         dropped: int,
+        context: list[int],
     ) -> None:
         """The user's turn, the reply and the new state in one transaction."""
         now = time.time()
@@ -202,9 +209,9 @@ class ConversationStore:
                     (cid, n + 1, reply_text, now),
                 )
                 db.execute(
-                    "UPDATE conversations SET updated = ?, state = ?, tokens = ?, dropped_turns = ?"
-                    " WHERE id = ?",
-                    (now, json.dumps(tracker.to_json()), tokens, dropped, cid),
+                    "UPDATE conversations SET updated = ?, state = ?, tokens = ?, dropped_turns = ?,"
+                    " context = ? WHERE id = ?",
+                    (now, json.dumps(tracker.to_json()), tokens, dropped, json.dumps(context), cid),
                 )
                 db.execute("COMMIT")
             except BaseException:

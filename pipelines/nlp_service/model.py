@@ -133,16 +133,15 @@ def encode_texts(tok: Any, texts: list[str], max_tokens: int) -> dict[str, Any]:
         return_offsets_mapping=True,
         return_tensors="np",
     )
+    # [CLS], [SEP] and padding carry no tag (the tokenizer's own special-tokens mask comes
+    # back unpadded when a truncated message shares the batch with short ones)
+    marks = [tok.cls_token_id, tok.sep_token_id, tok.pad_token_id]
+    special = np.isin(enc["input_ids"], marks) | (enc["attention_mask"] == 0)
     return {
         "input_ids": enc["input_ids"].astype(np.int64),
         "attention_mask": enc["attention_mask"].astype(np.int64),
         "offsets": enc["offset_mapping"],
-        "special": np.array(
-            [
-                tok.get_special_tokens_mask(r, already_has_special_tokens=True)
-                for r in enc["input_ids"]
-            ]
-        ).astype(bool),
+        "special": special,
     }
 
 

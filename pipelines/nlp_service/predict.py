@@ -78,6 +78,13 @@ class DialogueEngine:
         self.model_dir = Path(model_dir)
         self.cfg = dialogue or DialogueConfig()
         self.analyzer = Analyzer(self.model_dir, prefer=prefer, threads=threads)
+        # a fast tokenizer keeps its padding/truncation settings on the shared Rust object: a
+        # count on a request thread while the model thread pads a batch gave ragged batches
+        # (500s under load), so counting has a tokenizer (and a lock) of its own
+        from pipelines.nlp_service.model import load_tokenizer
+
+        self._counter = load_tokenizer(self.model_dir)
+        self._count_lock = threading.Lock()
         self.max_chars = self.cfg.max_turn_chars
         self.store = ConversationStore(store or self.cfg.store)
         self._locks: dict[str, threading.Lock] = {}
@@ -90,7 +97,8 @@ class DialogueEngine:
         if not self.store.exists(conversation_id):
             raise KeyError(conversation_id)
         cleaned, notes = clean_text(text, self.max_chars)
-        n = len(self.analyzer.tok(cleaned, add_special_tokens=False)["input_ids"])
+        with self._count_lock:
+            n = len(self._counter(cleaned, add_special_tokens=False)["input_ids"])
         if n > self.cfg.max_turn_tokens:
             raise DataError(
                 f"message of {n} tokens exceeds the limit of {self.cfg.max_turn_tokens}",
@@ -107,7 +115,7 @@ class DialogueEngine:
         loaded = self.store.load(conversation_id)
         if loaded is None:
             return None
-        tracker, tokens, dropped = loaded
+        tracker, tokens, dropped, _ = loaded
         return {
             "id": conversation_id,
             "state": tracker.slots,
@@ -139,7 +147,7 @@ class DialogueEngine:
         loaded = self.store.load(cid)
         if loaded is None:  # removed between check and apply
             raise KeyError(cid)
-        tracker, tokens, dropped = loaded
+        tracker, tokens, dropped, context = loaded
         unsure = a.intent == OOS and a.top[0][0] != OOS
         state = tracker.update(text, a.intent, a.slots)
         tracker.failures = tracker.failures + 1 if a.intent == OOS else 0
@@ -148,9 +156,9 @@ class DialogueEngine:
         task = tracker.intent if a.intent in SMALL_TALK and a.slots and tracker.intent else a.intent
         answer, missing = reply(task, state)
         tokens += n
-        turn_tokens = self._turn_tokens(cid)
-        while tokens > self.cfg.history_tokens and turn_tokens:
-            tokens -= turn_tokens.pop(0)
+        context = [*context, n]
+        while tokens > self.cfg.history_tokens and len(context) > 1:
+            tokens -= context.pop(0)
             dropped += 1
         result = {
             "intent": a.intent,
@@ -180,15 +188,9 @@ class DialogueEngine:
             tracker,
             tokens,
             dropped,
+            context,
         )
         return result
-
-    def _turn_tokens(self, cid: str) -> list[int]:
-        """Token counts of the user turns still in context, oldest first."""
-        loaded = self.store.load(cid)
-        dropped = loaded[2] if loaded else 0
-        user = [t["tokens"] for t in self.store.turns(cid) if t["role"] == "user"]
-        return user[dropped:]
 
     def close(self) -> None:
         self.store.close()

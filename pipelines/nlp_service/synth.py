@@ -511,3 +511,46 @@ def write_dataset(cfg: SynthConfig, out_dir: str | os.PathLike[str]) -> dict[str
     )
     paths["dialogues"] = out / "dialogues.jsonl"
     return paths
+
+
+# ------------------------------------------------------------------ long conversations
+PLANS = _PLANS  # the classes of the long-context question "which plan is 'it'?"
+_FACT = (
+    "by the way i'm on the {plan} at the moment",
+    "just so you know, my subscription is the {plan}",
+    "i signed up for the {plan} last year",
+)
+_ASK = (
+    "ok, please cancel it now",
+    "right, i want to cancel that subscription i told you about",
+    "can you end it for me today",
+)
+
+
+@dataclass
+class LongConversation:
+    turns: list[str]
+    plan: int  # index into PLANS: the plan named once, early
+    fact_turn: int
+
+
+def long_conversation(
+    r: random.Random, chars: int, cfg: SynthConfig, fact_within: float = 0.1
+) -> LongConversation:
+    """About ``chars`` characters of turns (roughly chars / 4.5 tokens): filler messages of
+    every intent that names no plan, one turn within the first ``fact_within`` of the turns
+    naming the customer's plan, and a last turn asking to cancel "it"."""
+    filler_intents = [i for i in INTENTS if i not in ("cancel_subscription", "upgrade_plan")]
+    turns: list[str] = []
+    total = 0
+    while total < chars:
+        t = message(r.choice(filler_intents), r, cfg).text
+        if any(p.lower() in t.lower() for p in _PLANS):
+            continue
+        turns.append(t)
+        total += len(t) + 7
+    plan = r.randrange(len(_PLANS))
+    at = r.randrange(max(1, int(len(turns) * fact_within)))
+    turns.insert(at, r.choice(_FACT).format(plan=_PLANS[plan]))
+    turns.append(r.choice(_ASK))
+    return LongConversation(turns, plan, at)

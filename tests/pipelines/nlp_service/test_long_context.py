@@ -79,3 +79,28 @@ def test_bad_settings_are_refused(net, tok):
     ids = torch.ones(1, 700, dtype=torch.long)
     with pytest.raises(ConfigError, match="exceed"):
         long(ids, torch.ones_like(ids), torch.tensor([0]))
+
+
+def test_continued_training_runs_through_core_train_on_a_copy(net, tok):
+    import random
+
+    from pipelines.nlp_service.config import LongConfig, SynthConfig
+    from pipelines.nlp_service.long_context import encode_conversations, train_long
+    from pipelines.nlp_service.synth import PLANS, long_conversation
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = LongConfig(train_conversations=2, train_chars=1500, epochs=1)
+    model = train_long(net, tok, cfg, max_positions=1024, window=16)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # net untouched
+    assert model.head.out_features == len(PLANS)
+    q_new = model.encoder.layers[0].attention.self.query.weight
+    q_old = net.encoder.encoder.layer[0].attention.self.query.weight
+    assert not torch.equal(q_new, q_old)  # the copy's encoder was trained, not only the head
+    c = long_conversation(random.Random(3), 3000, SynthConfig())
+    x = encode_conversations(tok, [c], 1024)
+    assert (
+        x.shape[-1] > 512
+        and PLANS[c.plan].lower().split()[0] in " ".join(c.turns[: c.fact_turn + 1]).lower()
+    )
+    with torch.no_grad():
+        assert model(x).shape == (1, len(PLANS))

@@ -57,3 +57,17 @@ def test_a_model_dir_of_another_kind_is_refused(tmp_path):
         M.load(tmp_path)
     with pytest.raises(ModelLoadError, match=r"no config\.json"):
         M.load(tmp_path / "missing")
+
+
+def test_a_truncated_message_and_short_ones_share_a_batch(tok):
+    """The served batch mixes lengths: one message over the limit, others short."""
+    texts = ["hi", "blah " * 300 + "my email is sam@mail.net", "where is order 12345"]
+    enc = M.encode_texts(tok, texts, 16)
+    assert enc["input_ids"].shape == enc["special"].shape == (3, 16)
+    assert enc["special"][0, 3:].all() and not enc["special"][1, 1:-1].any()
+    spans = [[], [], [Span("order_id", 15, 20)]]
+    tags = M.tag_targets(enc["offsets"], enc["special"], spans)
+    back = M.decode_tags(
+        [max(t, 0) for t in tags[2]], enc["offsets"][2], enc["special"][2], texts[2]
+    )
+    assert back == [("order_id", "12345")]

@@ -126,3 +126,34 @@ def test_replies_fill_slots_or_ask_for_them():
     assert missing == [] and "A-77" in text
     text, _ = reply("card_lost_or_stolen", {"card_last4": "4821"})
     assert "ending 4821" in text
+
+
+def test_checking_messages_while_the_model_runs_a_batch(engine):
+    """Request threads check (tokenize) turns while the model thread pads a batch: the two
+    must not share tokenizer state (they did: ragged batches, 500s under load)."""
+    import threading
+
+    cid = engine.start()
+    stop = threading.Event()
+    errors = []
+
+    def checker():
+        while not stop.is_set():
+            try:
+                engine.check(cid, "where is my order 12345 " * 3)
+            except Exception as exc:  # pragma: no cover - the failure being tested for
+                errors.append(exc)
+
+    threads = [threading.Thread(target=checker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    texts = ["hi", "blah " * 200 + "order 5", "my card ending 4821 was declined"]
+    try:
+        for _ in range(40):
+            out = engine.analyzer.analyze(texts)
+            assert [len(a.top) for a in out] == [3, 3, 3]
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not errors
