@@ -22,7 +22,7 @@ def test_gate_names_what_failed():
 
 
 @pytest.mark.slow
-def test_flow_registers_and_promotes_only_a_better_model(prefect_harness, tmp_path, monkeypatch):
+def test_flow_trains_compresses_registers_and_promotes(prefect_harness, tmp_path, monkeypatch):
     monkeypatch.setenv("DV_DATA_ROOT", str(tmp_path / "data"))
     monkeypatch.setattr("flows.nlp_service.MIN_COSINE", 0.9)  # 20 steps of training
     monkeypatch.setattr("flows.nlp_service.MIN_AGREEMENT", 0.8)
