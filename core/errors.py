@@ -8,6 +8,8 @@ that any layer can raise these without importing torch.
 
 from __future__ import annotations
 
+import re
+
 
 class DVError(Exception):
     """Base class: a failure a user can act on.
@@ -75,3 +77,13 @@ def require(module: str, *, extra: str | None = None, feature: str = ""):
         raise DependencyError(
             f"{feature or module} needs the package '{module}'", fix=f"install it: {hint}"
         ) from exc
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/'\"]+/)+")
+
+
+def public_text(text: str | None) -> str | None:
+    """``text`` with absolute directories cut to their last part, for anything a client sees
+    (responses, pages): never where the server keeps its files
+    (``/srv/models/v3/model.onnx`` -> ``model.onnx``)."""
+    return None if text is None else _ABS_PATH.sub("", text)

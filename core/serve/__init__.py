@@ -3,6 +3,7 @@
 from core.serve.app import ModelHandle, ServeConfig, create_app
 from core.serve.batcher import length_groups
 from core.serve.predictor import (
+    Conflict,
     ModelDirPredictor,
     NotFound,
     Predictor,
@@ -10,8 +11,10 @@ from core.serve.predictor import (
     Route,
     RouteCall,
 )
+from core.serve.ui import UiPage
 
 __all__ = [
+    "Conflict",
     "ModelDirPredictor",
     "ModelHandle",
     "NotFound",
@@ -20,6 +23,7 @@ __all__ = [
     "Route",
     "RouteCall",
     "ServeConfig",
+    "UiPage",
     "create_app",
     "length_groups",
 ]

@@ -9,6 +9,7 @@ Endpoints::
     GET  /metrics                    Prometheus text
     POST /v1/admin/reload            check the registry now (hot reload), when one is attached
     (a domain's own routes)          e.g. POST /v1/conversations/{id}/messages (``Route``)
+    GET  /ui/                        the domain's review page, when one is given (``core.serve.ui``)
 
 Limits and errors: body over ``max_body_bytes`` -> 413; invalid JSON or fields -> 422 with
 field-level ``detail``; queue full -> 503 + ``Retry-After``; over ``request_timeout_s`` -> 504;
@@ -48,9 +49,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import public_text
 from core.serve.batcher import DynamicBatcher, QueueFull
 from core.serve.metrics import ServeMetrics
 from core.serve.predictor import (
+    Conflict,
     MultipartBody,
     NotFound,
     Predictor,
@@ -59,17 +62,9 @@ from core.serve.predictor import (
     RouteCall,
     Upload,
 )
+from core.serve.ui import cookie_key, login_redirect, mount_ui, open_without_key
 
 log = logging.getLogger("core.serve")
-
-
-_ABS_PATH = re.compile(r"(?<![\w.:])/(?:[^\s/'\"]+/)+")
-
-
-def public_text(text: str | None) -> str | None:
-    """``text`` with absolute directories cut to their last part: responses never show where
-    the server keeps its files (``/srv/models/v3/model.onnx`` -> ``model.onnx``)."""
-    return None if text is None else _ABS_PATH.sub("", text)
 
 
 @dataclass
@@ -143,13 +138,15 @@ def create_app(
     config: ServeConfig | None = None,
     watcher: Any = None,
     routes: tuple[Route, ...] = (),
+    ui: Any = None,
 ) -> FastAPI:
     """A FastAPI app serving ``predictor`` (or a factory building it at start-up).
 
     ``watcher`` (optional) has ``check() -> Callable[[], Predictor] | None``: a factory for a
     new predictor when the registry alias has moved. It is polled every ``watch_interval_s``
     and on ``POST /v1/admin/reload``. ``routes``: the domain's own endpoints (see
-    :class:`~core.serve.predictor.Route`).
+    :class:`~core.serve.predictor.Route`). ``ui``: the domain's review page
+    (:class:`~core.serve.ui.UiPage`), served at ``/ui/``.
     """
     cfg = config or ServeConfig()
     factory: Callable[[], Predictor] = (
@@ -241,11 +238,18 @@ def create_app(
     app.state.config = cfg
     app.state.begin_drain = draining.set
 
+    def api_key() -> str | None:
+        return os.environ.get(cfg.api_key_env) or None
+
     def authorized(headers: Headers) -> bool:
-        key = os.environ.get(cfg.api_key_env)
+        key = api_key()
         if not key:
             return True
-        given = headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ")
+        given = (
+            headers.get("x-api-key")
+            or headers.get("authorization", "").removeprefix("Bearer ")
+            or cookie_key(headers)
+        )
         return hmac.compare_digest(given.encode(), key.encode())
 
     def error(status: int, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -281,6 +285,8 @@ def create_app(
         return json.dumps({"detail": msg}).encode()
 
     app.add_middleware(_Gate, authorized=authorized, draining=draining, shed=shed)
+    if ui is not None:
+        mount_ui(app, ui, api_key)
 
     @app.get("/v1/health/live")
     async def live() -> dict[str, str]:
@@ -377,10 +383,8 @@ def create_app(
             call.body, payload = payload, call
         try:
             return pred.decode(payload)
-        except NotFound as exc:
-            return error(404, exc.errors)
         except RequestError as exc:
-            return error(422, exc.errors)
+            return error(_status(exc), exc.errors)
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             # a predictor's decode met input it did not expect: still the request's fault
             return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
@@ -400,7 +404,11 @@ def create_app(
                 413, f"request body of {declared} bytes exceeds the {cfg.max_body_bytes}-byte limit"
             )
         admitted += 1
-        call = None if route is None else RouteCall(route.name, dict(request.path_params), None)
+        call = (
+            None
+            if route is None
+            else RouteCall(route.name, dict(request.path_params), None, dict(request.query_params))
+        )
         try:
             items = await _read_and_decode(pred, request, call)
         finally:
@@ -413,6 +421,9 @@ def create_app(
             return error(503, f"server busy: {exc}", {"Retry-After": "1"})
         except TimeoutError:
             return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
+        refused = next((o for o in outputs if isinstance(o, RequestError)), None)
+        if refused is not None:  # found under the predictor's lock (a decision made meanwhile)
+            return error(_status(refused), refused.errors)
         return JSONResponse(pred.encode(outputs))
 
     async def _read_and_decode(
@@ -448,6 +459,10 @@ def create_app(
     return app
 
 
+def _status(exc: RequestError) -> int:
+    return 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
+
+
 class _Gate:
     """Pure ASGI middleware in front of every route: with an API key set only liveness is
     open (docs, schema, readiness, metrics and models need the key); a prediction the queue
@@ -468,8 +483,12 @@ class _Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if scope["path"] != "/v1/health/live" and not self.authorized(Headers(scope=scope)):
-            resp = JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
+        if not open_without_key(scope["path"]) and not self.authorized(Headers(scope=scope)):
+            resp = (
+                login_redirect(scope)
+                if scope["path"].startswith("/ui") and scope["method"] == "GET"
+                else JSONResponse({"detail": "missing or wrong API key"}, status_code=401)
+            )
             await resp(scope, receive, self._closing(send))
             return
         busy = self.shed(scope)
@@ -528,6 +547,7 @@ def app_for(
     alias: str | None = None,
     watch_interval_s: float | None = None,
     routes: tuple[Route, ...] = (),
+    ui: Any = None,
 ) -> FastAPI:
     """The app for a model directory, or for a registered model's alias (``alias``, else
     ``config.alias``, else ``"production"``) with hot reload, polled every
@@ -545,8 +565,8 @@ def app_for(
             config.watch_interval_s = watch_interval_s
         watcher = RegistryWatcher(ModelRegistry(), registry, cfg_alias, predictor=predictor)
         config.alias = cfg_alias
-        return create_app(watcher.current(), config, watcher=watcher, routes=routes)
+        return create_app(watcher.current(), config, watcher=watcher, routes=routes, ui=ui)
     if model_dir is None:
         raise ConfigError("nothing to serve", fix="pass a MODEL_DIR or --registry NAME")
     path = Path(model_dir)
-    return create_app(predictor(path, name or path.name, "1"), config, routes=routes)
+    return create_app(predictor(path, name or path.name, "1"), config, routes=routes, ui=ui)

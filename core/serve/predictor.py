@@ -57,12 +57,16 @@ class NotFound(RequestError):
     """The request names something that does not exist (a conversation id): HTTP 404."""
 
 
+class Conflict(RequestError):
+    """The request contradicts what is already recorded (a decision made before): HTTP 409."""
+
+
 @dataclass(frozen=True)
 class Route:
     """An endpoint of a domain's own beside ``/v1/models/{name}/predict``: requests to
     ``path`` (``{param}`` placeholders allowed) reach the predictor's ``decode`` as
-    ``RouteCall(route.name, path_params, body)`` and take the same admission, batching,
-    limits and metrics as predictions."""
+    ``RouteCall(route.name, path_params, body, query)`` and take the same admission,
+    batching, limits and metrics as predictions."""
 
     method: str  # "GET" or "POST"
     path: str  # e.g. "/v1/conversations/{conversation_id}/messages"
@@ -74,6 +78,7 @@ class RouteCall:
     route: str
     params: dict[str, str]
     body: Any  # the parsed JSON body (None for GET or an empty body)
+    query: dict[str, str] = dc_field(default_factory=dict)  # the URL's query parameters
 
 
 class Predictor(Protocol):

@@ -118,15 +118,18 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def _config(app: Any, graceful_s: float, **kw: Any) -> uvicorn.Config:
-    cfg = getattr(getattr(app, "state", None), "config", None)
+def _config(app: Any, graceful_s: float, host: str = "127.0.0.1", **kw: Any) -> uvicorn.Config:
+    state = getattr(app, "state", None)
+    if state is not None:  # the review pages refuse to open beyond loopback without a key
+        state.bind_host = host
+    cfg = getattr(state, "config", None)
     limits: dict[str, Any] = {}
     if cfg is not None:
         limits = {
             "limit_concurrency": cfg.max_connections,
             "http": _protocol(cfg.header_timeout_s),
         }
-    return uvicorn.Config(app, timeout_graceful_shutdown=graceful_s, **limits, **kw)
+    return uvicorn.Config(app, host=host, timeout_graceful_shutdown=graceful_s, **limits, **kw)
 
 
 def serve(
@@ -176,7 +179,7 @@ class BackgroundServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((host, port))
         self.host, self.port = self.sock.getsockname()
-        cfg = _config(app, graceful_s, log_level="warning", lifespan="on")
+        cfg = _config(app, graceful_s, self.host, log_level="warning", lifespan="on")
         self.server = DrainingServer(cfg, app)
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True

@@ -175,11 +175,11 @@ def serve(
     max_batch_size: Annotated[int, typer.Option(help="messages per encoder forward")] = 32,
 ) -> None:
     """Serve conversations: POST /v1/conversations, POST /v1/conversations/ID/messages,
-    GET /v1/conversations/ID."""
+    GET /v1/conversations/ID; the review page (chat + transcripts) at /ui/."""
     from core.serve import ServeConfig
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
-    from pipelines.nlp_service.serve import ROUTES, DialoguePredictor
+    from pipelines.nlp_service.serve import ROUTES, UI, DialoguePredictor
 
     cfg = ServeConfig(max_batch_size=max_batch_size, max_body_bytes=64 * 1024)
     application = app_for(
@@ -191,7 +191,9 @@ def serve(
         alias=alias,
         watch_interval_s=10.0,
         routes=ROUTES,
+        ui=UI,
     )
+    typer.echo(f"review page: http://{host}:{port}/ui/")
     run_server(application, host, port)
 
 

@@ -145,6 +145,7 @@ class ConversationStore:
             CREATE TABLE IF NOT EXISTS conversations (
                 id TEXT PRIMARY KEY, created REAL, updated REAL, state TEXT, tokens INTEGER,
                 dropped_turns INTEGER DEFAULT 0, meta TEXT, context TEXT DEFAULT '[]');
+            CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated);
             CREATE TABLE IF NOT EXISTS turns (
                 conversation TEXT, n INTEGER, role TEXT, text TEXT, tokens INTEGER,
                 analysis TEXT, created REAL, PRIMARY KEY (conversation, n));
@@ -217,6 +218,32 @@ class ConversationStore:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def recent(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Conversations, most recently active first: id, times, user turns, the last user
+        message and whether any turn was escalated."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT c.id, c.created, c.updated,"
+                " (SELECT COUNT(*) FROM turns t WHERE t.conversation = c.id AND t.role = 'user'),"
+                " (SELECT text FROM turns t WHERE t.conversation = c.id AND t.role = 'user'"
+                "  ORDER BY t.n DESC LIMIT 1),"
+                " (SELECT MAX(json_extract(t.analysis, '$.escalate')) FROM turns t"
+                "  WHERE t.conversation = c.id)"
+                " FROM conversations c ORDER BY c.updated DESC LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        return [
+            {
+                "id": cid,
+                "created": created,
+                "updated": updated,
+                "user_turns": n,
+                "last_message": last,
+                "escalated": bool(esc),
+            }
+            for cid, created, updated, n, last, esc in rows
+        ]
 
     def turns(self, cid: str) -> list[dict[str, Any]]:
         with self._lock:

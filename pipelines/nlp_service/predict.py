@@ -110,6 +110,10 @@ class DialogueEngine:
     def start(self, meta: dict[str, Any] | None = None) -> str:
         return self.store.create(meta)
 
+    def conversations(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """The most recently active conversations (``ConversationStore.recent``)."""
+        return self.store.recent(limit, offset)
+
     def conversation(self, conversation_id: str) -> dict[str, Any] | None:
         check_id(conversation_id)
         loaded = self.store.load(conversation_id)

@@ -8,6 +8,8 @@ Endpoints (``ROUTES``, beside the stateless ``POST /v1/models/{name}/predict`` w
     POST /v1/conversations/{id}/messages         {"text": ...}
          -> {intent, confidence, slots, state, reply, escalate, escalate_reason, context}
     GET  /v1/conversations/{id}                  -> the conversation: state and turns
+    GET  /v1/conversations?limit=50&offset=0     -> the most recently active conversations
+    GET  /ui/                                    the review page (``UI``): chat + transcripts
 
 Messages of concurrent conversations share one encoder forward (the server's dynamic
 batching). Every turn is checked before it is queued: a bad id is a 422, an unknown one a
@@ -23,18 +25,33 @@ from typing import Any
 
 from core.errors import DataError
 from core.serve.predictor import NotFound, RequestError, Route, RouteCall
+from core.serve.ui import UiPage
 from pipelines.nlp_service.config import DialogueConfig
 from pipelines.nlp_service.predict import DialogueEngine, clean_text
 
 ROUTES = (
+    Route("GET", "/v1/conversations", "list"),
     Route("POST", "/v1/conversations", "create"),
     Route("POST", "/v1/conversations/{conversation_id}/messages", "message"),
     Route("GET", "/v1/conversations/{conversation_id}", "get"),
 )
 
+# a support lead's screen: a chat panel against the live service (intent, confidence, slots,
+# state and escalation after each turn) and a transcript browser; files in ui/
+UI = UiPage("Conversations", "pipelines.nlp_service")
+
 
 def _err(loc: list[Any], msg: str) -> RequestError:
     return RequestError([{"loc": loc, "msg": msg}])
+
+
+def _query_int(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise _err(["query", name], f"must be a whole number from {lo} to {hi}")
+    return int(raw)
 
 
 class DialoguePredictor:
@@ -89,6 +106,10 @@ class DialoguePredictor:
     def decode(self, body: Any) -> list[Any]:
         assert self.engine is not None
         if isinstance(body, RouteCall):
+            if body.route == "list":
+                limit = _query_int(body.query, "limit", 50, 1, 500)
+                offset = _query_int(body.query, "offset", 0, 0, 10**9)
+                return [("done", {"conversations": self.engine.conversations(limit, offset)})]
             if body.route == "get":
                 cid = body.params["conversation_id"]
                 try:

@@ -1,5 +1,5 @@
-"""A domain's own routes on core.serve: path parameters reach decode, NotFound is a 404 and
-RequestError a 422, route calls share the dynamic batch with each other, and overload and the
+"""A domain's own routes on core.serve: path and query parameters reach decode, NotFound is a
+404, Conflict a 409 and RequestError a 422 (raised in decode or returned from the batch), route calls share the dynamic batch with each other, and overload and the
 API key apply to them as to /predict."""
 
 from __future__ import annotations
@@ -10,7 +10,15 @@ import time
 
 import httpx
 
-from core.serve import NotFound, RequestError, Route, RouteCall, ServeConfig, create_app
+from core.serve import (
+    Conflict,
+    NotFound,
+    RequestError,
+    Route,
+    RouteCall,
+    ServeConfig,
+    create_app,
+)
 from core.serve.server import BackgroundServer, wait_until_ready
 
 ROUTES = (
@@ -35,15 +43,22 @@ class Things:
         thing = body.params["thing"]
         if thing == "missing":
             raise NotFound([{"loc": ["path", "thing"], "msg": "no such thing"}])
+        if thing == "taken":
+            raise Conflict([{"loc": ["path", "thing"], "msg": "decided before"}])
         if body.route == "echo" and not isinstance(body.body, dict):
             raise RequestError([{"loc": ["body"], "msg": "send an object"}])
-        return [(body.route, thing, body.body)]
+        return [(body.route, thing, body.body if body.route == "echo" else body.query)]
 
     def predict_batch(self, items):
         time.sleep(self.delay)
         with self.lock:
             self.batches.append(len(items))
-        return [{"route": r, "thing": t, "body": b} for r, t, b in items]
+        return [
+            NotFound([{"loc": ["path", "thing"], "msg": "gone meanwhile"}])
+            if t == "gone"
+            else {"route": r, "thing": t, "body": b}
+            for r, t, b in items
+        ]
 
     def encode(self, outputs):
         return outputs[0]
@@ -60,7 +75,14 @@ def test_routes_dispatch_and_map_errors():
         wait_until_ready(srv.url, timeout=30)
         r = httpx.post(f"{srv.url}/v1/things/abc/echo", json={"x": 1}, timeout=10)
         assert r.json() == {"route": "echo", "thing": "abc", "body": {"x": 1}}
-        assert httpx.get(f"{srv.url}/v1/things/xyz", timeout=10).json()["body"] is None
+        assert httpx.get(f"{srv.url}/v1/things/xyz", timeout=10).json()["body"] == {}
+        query = httpx.get(f"{srv.url}/v1/things/xyz?limit=5&q=a%20b", timeout=10).json()
+        assert query["body"] == {"limit": "5", "q": "a b"}  # the query reaches decode
+        taken = httpx.get(f"{srv.url}/v1/things/taken", timeout=10)
+        assert taken.status_code == 409 and taken.json()["detail"][0]["msg"] == "decided before"
+        # an error the predictor finds in the batch (under its lock) is answered as such
+        gone = httpx.get(f"{srv.url}/v1/things/gone", timeout=10)
+        assert gone.status_code == 404 and gone.json()["detail"][0]["msg"] == "gone meanwhile"
         miss = httpx.get(f"{srv.url}/v1/things/missing", timeout=10)
         assert miss.status_code == 404 and miss.json()["detail"][0]["msg"] == "no such thing"
         assert httpx.post(f"{srv.url}/v1/things/a/echo", json=[1], timeout=10).status_code == 422

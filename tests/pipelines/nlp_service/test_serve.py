@@ -38,6 +38,15 @@ def test_conversations_over_http(trained, tmp_path):
         assert first["conversation_id"] != cid and "intent" in first
         got = c.get(f"/v1/conversations/{cid}").json()
         assert got["id"] == cid and len(got["turns"]) == 2
+        # the transcript list: most recently active first, with paging that is checked
+        listed = c.get("/v1/conversations").json()["conversations"]
+        assert [x["id"] for x in listed] == [first["conversation_id"], cid]
+        assert listed[1]["user_turns"] == 1 and listed[1]["last_message"].endswith("4821339")
+        assert [
+            x["id"] for x in c.get("/v1/conversations?limit=1&offset=1").json()["conversations"]
+        ] == [cid]
+        for q in ("limit=0", "limit=x", "offset=-1", "limit=100000"):
+            assert c.get(f"/v1/conversations?{q}").status_code == 422, q
         # ids: malformed -> 422, unknown -> 404, and nothing is created by either
         assert c.get("/v1/conversations/123").status_code == 422
         assert c.get(f"/v1/conversations/{'a' * 32}").status_code == 404
