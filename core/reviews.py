@@ -72,6 +72,28 @@ class ReviewStore:
             )  # fmt: skip
         return cur.rowcount == 1
 
+    def add_many(
+        self, rows: list[tuple[str, str, dict[str, Any], float | None, str | None, float]]
+    ) -> int:
+        """``(kind, id, payload, score, group, at)`` rows in one transaction; existing items are
+        left as they are. Returns how many were new."""
+        if not rows:
+            return 0
+        with self._lock:
+            db = self._db
+            before = db.total_changes
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT OR IGNORE INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                    [(k, i, g, sc, at, json.dumps(p)) for k, i, p, sc, g, at in rows],
+                )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return db.total_changes - before
+
     def item(self, kind: str, item_id: str) -> dict[str, Any] | None:
         """The item with its latest decision (``decision``) and every one (``history``)."""
         with self._lock:

@@ -46,6 +46,15 @@ def chromium():
     return drv
 
 
+def wait_for(driver, cond, timeout: float = 60):
+    """``cond(driver)`` once truthy; elements replaced by a re-render meanwhile are retried."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(cond)
+
+
 def screenshot(driver, name: str) -> Path:
     """Save the page as benchmarks/results/ui/<name>.png (the issue asks for one per page)."""
     SHOTS.mkdir(parents=True, exist_ok=True)

@@ -81,6 +81,29 @@ class RouteCall:
     query: dict[str, str] = dc_field(default_factory=dict)  # the URL's query parameters
 
 
+def query_int(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    """A whole-number query parameter in ``lo..hi`` (``default`` when absent), else a 422
+    naming it."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise RequestError(
+            [{"loc": ["query", name], "msg": f"must be a whole number from {lo} to {hi}"}]
+        )
+    return int(raw)
+
+
+def query_choice(query: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """A query parameter that must be one of ``choices`` (the first when absent)."""
+    raw = query.get(name, choices[0])
+    if raw not in choices:
+        raise RequestError(
+            [{"loc": ["query", name], "msg": f"must be one of {', '.join(choices)}"}]
+        )
+    return raw
+
+
 class Predictor(Protocol):
     name: str
     version: str

@@ -203,26 +203,40 @@ def serve(
     ] = None,
     alias: Annotated[str, typer.Option(help="registry alias to follow")] = "production",
     name: Annotated[str | None, typer.Option(help="model name in URLs")] = None,
+    reviews: Annotated[
+        Path | None,
+        typer.Option(
+            help="alert queue and decisions (SQLite); default STATE/reviews.sqlite, "
+            "else DATA_ROOT/finance_risk/reviews.sqlite"
+        ),
+    ] = None,
     host: Annotated[str, typer.Option(help="bind address (loopback by default)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port")] = 8080,
 ) -> None:
     """Serve the online scorer: POST /v1/models/NAME/predict with one event (JSON), a list
-    ``{"events": [...]}``, or a label ``{"type": "label", ...}``."""
+    ``{"events": [...]}``, or a label ``{"type": "label", ...}``; the alert queue at
+    /v1/alerts and its review page at /ui/."""
+    from core.paths import data_root
     from core.serve import ServeConfig
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
-    from pipelines.finance_risk.serve import RiskPredictor
+    from pipelines.finance_risk.serve import ROUTES, UI, RiskPredictor
 
+    if reviews is None:  # decisions must outlive the server, with or without a state folder
+        reviews = (state or data_root() / "finance_risk") / "reviews.sqlite"
     cfg = ServeConfig(max_body_bytes=2 * 2**20, max_batch_size=64)
     application = app_for(
-        lambda path, n, version: RiskPredictor(path, n, version, state_dir=state),
+        lambda path, n, version: RiskPredictor(path, n, version, state_dir=state, reviews=reviews),
         cfg,
         model_dir,
         registry,
         name,
         alias=alias,
         watch_interval_s=10.0,
+        routes=ROUTES,
+        ui=UI,
     )
+    typer.echo(f"review page: http://{host}:{port}/ui/")
     run_server(application, host, port)
 
 

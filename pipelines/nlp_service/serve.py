@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from core.serve.predictor import NotFound, RequestError, Route, RouteCall
+from core.serve.predictor import NotFound, RequestError, Route, RouteCall, query_int
 from core.serve.ui import UiPage
 from pipelines.nlp_service.config import DialogueConfig
 from pipelines.nlp_service.predict import DialogueEngine, clean_text
@@ -43,15 +43,6 @@ UI = UiPage("Conversations", "pipelines.nlp_service")
 
 def _err(loc: list[Any], msg: str) -> RequestError:
     return RequestError([{"loc": loc, "msg": msg}])
-
-
-def _query_int(query: dict[str, str], name: str, default: int, lo: int, hi: int) -> int:
-    raw = query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise _err(["query", name], f"must be a whole number from {lo} to {hi}")
-    return int(raw)
 
 
 class DialoguePredictor:
@@ -107,8 +98,8 @@ class DialoguePredictor:
         assert self.engine is not None
         if isinstance(body, RouteCall):
             if body.route == "list":
-                limit = _query_int(body.query, "limit", 50, 1, 500)
-                offset = _query_int(body.query, "offset", 0, 0, 10**9)
+                limit = query_int(body.query, "limit", 50, 1, 500)
+                offset = query_int(body.query, "offset", 0, 0, 10**9)
                 return [("done", {"conversations": self.engine.conversations(limit, offset)})]
             if body.route == "get":
                 cid = body.params["conversation_id"]

@@ -11,7 +11,7 @@ import pytest
 from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.nlp_service.serve import ROUTES, UI, DialoguePredictor
-from tests.browser import chromium, console_errors, screenshot
+from tests.browser import chromium, console_errors, screenshot, wait_for
 
 pytestmark = [pytest.mark.xdist_group("nlp_model"), pytest.mark.browser]
 
@@ -29,12 +29,6 @@ def driver():
     d.quit()
 
 
-def _wait(driver, cond, timeout=60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(cond)
-
-
 def test_a_three_turn_conversation_shows_what_the_service_recorded(trained, tmp_path, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -48,7 +42,7 @@ def test_a_three_turn_conversation_shows_what_the_service_recorded(trained, tmp_
         box = driver.find_element(By.ID, "message")
         for i, text in enumerate(messages):
             box.send_keys(text, Keys.ENTER)  # the keyboard alone sends a message
-            _wait(
+            wait_for(
                 driver,
                 lambda d, n=2 * (i + 1): len(d.find_elements(By.CSS_SELECTOR, "#log li")) == n,
             )
@@ -67,14 +61,14 @@ def test_a_three_turn_conversation_shows_what_the_service_recorded(trained, tmp_
         assert shown == ([tuple(kv) for kv in conv["state"].items()] or [("—", "")])
         log = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#log li")]
         assert [t["text"] for t in conv["turns"]] == [line.split("\n")[1] for line in log]
-        _wait(driver, lambda d: messages[-1] in d.find_element(By.ID, "conversations").text)
+        wait_for(driver, lambda d: messages[-1] in d.find_element(By.ID, "conversations").text)
         screenshot(driver, "nlp_service")
 
         # reopen it from the transcript browser with the keyboard, after a fresh load
         driver.get(srv.url + "/ui/")
-        item = _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#conversations button"))
+        item = wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#conversations button"))
         item.send_keys(Keys.ENTER)
-        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log li")) == 6)
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log li")) == 6)
         assert driver.find_element(By.ID, "intent").text == last["intent"]
         assert console_errors(driver) == []
 
@@ -89,7 +83,7 @@ def test_a_refused_message_says_why_and_keeps_the_text(trained, tmp_path, driver
         long = " ".join(f"w{i}" for i in range(600))  # under 4000 chars, over the token limit
         box = driver.find_element(By.ID, "message")
         box.send_keys(long, Keys.ENTER)
-        notice = _wait(driver, lambda d: d.find_element(By.ID, "notice").is_displayed()
+        notice = wait_for(driver, lambda d: d.find_element(By.ID, "notice").is_displayed()
                        and d.find_element(By.ID, "notice"))  # fmt: skip
         assert "not sent" in notice.text and "text" in notice.text and "token" in notice.text
         assert box.get_attribute("value") == long  # nothing the reviewer typed is lost
