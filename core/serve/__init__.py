@@ -3,6 +3,7 @@
 from core.serve.app import ModelHandle, ServeConfig, create_app
 from core.serve.batcher import length_groups
 from core.serve.predictor import (
+    Binary,
     Conflict,
     ModelDirPredictor,
     NotFound,
@@ -14,6 +15,7 @@ from core.serve.predictor import (
 from core.serve.ui import UiPage
 
 __all__ = [
+    "Binary",
     "Conflict",
     "ModelDirPredictor",
     "ModelHandle",

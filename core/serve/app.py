@@ -53,6 +53,7 @@ from core.errors import public_text
 from core.serve.batcher import DynamicBatcher, QueueFull
 from core.serve.metrics import ServeMetrics
 from core.serve.predictor import (
+    Binary,
     Conflict,
     MultipartBody,
     NotFound,
@@ -336,7 +337,7 @@ def create_app(
         return JSONResponse(body, status_code=200 if err is None else 500)
 
     @app.post("/v1/models/{name}/predict")
-    async def predict(name: str, request: Request) -> JSONResponse:
+    async def predict(name: str, request: Request) -> Response:
         t0 = time.perf_counter()
         try:
             resp = await _predict(name, request)
@@ -347,7 +348,7 @@ def create_app(
         return resp
 
     def route_handler(route: Route) -> Callable[[Request], Any]:
-        async def on_route(request: Request) -> JSONResponse:
+        async def on_route(request: Request) -> Response:
             t0 = time.perf_counter()
             served = handle.current
             try:
@@ -389,7 +390,7 @@ def create_app(
             # a predictor's decode met input it did not expect: still the request's fault
             return error(422, [{"loc": ["body"], "msg": f"invalid request: {exc}"[:500]}])
 
-    async def _predict(name: str, request: Request, route: Route | None = None) -> JSONResponse:
+    async def _predict(name: str, request: Request, route: Route | None = None) -> Response:
         nonlocal admitted
         pred = handle.current
         if pred is None:
@@ -424,6 +425,12 @@ def create_app(
         refused = next((o for o in outputs if isinstance(o, RequestError)), None)
         if refused is not None:  # found under the predictor's lock (a decision made meanwhile)
             return error(_status(refused), refused.errors)
+        if route is not None and len(outputs) == 1 and isinstance(outputs[0], Binary):
+            out = outputs[0]
+            headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+            if out.filename:
+                headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
+            return Response(out.data, media_type=out.media_type, headers=headers)
         return JSONResponse(pred.encode(outputs))
 
     async def _read_and_decode(

@@ -73,6 +73,15 @@ class Route:
     name: str  # what decode sees in RouteCall.route
 
 
+@dataclass(frozen=True)
+class Binary:
+    """A route's answer that is not JSON (an image, a ZIP), sent as it is."""
+
+    data: bytes
+    media_type: str
+    filename: str | None = None  # set: sent as a download (Content-Disposition: attachment)
+
+
 @dataclass
 class RouteCall:
     route: str

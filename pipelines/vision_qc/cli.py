@@ -431,24 +431,37 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="request body limit (MB)")] = 20.0,
     max_images: Annotated[int, typer.Option(help="images per request")] = 16,
     max_megapixels: Annotated[float, typer.Option(help="per image")] = 16.0,
+    inspections: Annotated[
+        Path | None,
+        typer.Option(
+            help="where inspected images and reviews are kept; default "
+            "DATA_ROOT/vision_qc/inspections"
+        ),
+    ] = None,
 ) -> None:
-    """Serve the detector over HTTP: POST /v1/models/NAME/predict (multipart or base64 JSON)."""
+    """Serve the detector over HTTP: POST /v1/models/NAME/predict (multipart or base64 JSON);
+    inspections for review at /v1/inspections and the review page at /ui/."""
+    from core.paths import data_root
     from core.serve import ServeConfig
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
-    from pipelines.vision_qc.serve import DefectPredictor, ServeLimits
+    from pipelines.vision_qc.serve import ROUTES, UI, DefectPredictor, ServeLimits
 
+    kept = inspections or data_root() / "vision_qc" / "inspections"
     limits = ServeLimits(max_images=max_images, max_pixels=int(max_megapixels * 1e6))
     cfg = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_batch_size=8)
     application = app_for(
-        lambda path, n, version: DefectPredictor(path, n, version, limits=limits),
+        lambda path, n, version: DefectPredictor(path, n, version, limits=limits, inspections=kept),
         cfg,
         model_dir,
         registry,
         name,
         alias=alias,
         watch_interval_s=10.0,
+        routes=ROUTES,
+        ui=UI,
     )
+    typer.echo(f"review page: http://{host}:{port}/ui/")
     run_server(application, host, port)
 
 

@@ -4,6 +4,18 @@ Request decoding (multipart images or base64 JSON), the per-request limits
 (:class:`ServeLimits`: image count, pixels, formats) and the response shape; the work itself
 is :class:`~pipelines.vision_qc.predict.DefectDetector`'s.
 
+The QC operator's inspections (``ROUTES``; the review page ``UI`` at ``/ui/`` uses only these)::
+
+    POST /v1/inspections                   one image (multipart) -> judged and kept
+    GET  /v1/inspections?verdict=pass|fail|all&class=NAME&review=open|decided|all&limit&offset
+    GET  /v1/inspections/export            the ones marked right, as a zipped COCO data set
+    GET  /v1/inspections/{id}              boxes, scores, verdict at the threshold, review
+    GET  /v1/inspections/{id}/image        the image as uploaded
+    POST /v1/inspections/{id}/review       {"correct": true|false, "note"?, "reviewer"?}
+
+Uploads for inspection share the dynamic batch with ``/predict``; kept in ``inspections``
+(``inspections.InspectionLog``; a temporary folder when not given).
+
 Not here: the HTTP server, batching, metrics (``core.serve``); the CLI command (``cli.py``).
 """
 
@@ -19,8 +31,41 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core.serve.predictor import (
+    Binary,
+    MultipartBody,
+    NotFound,
+    RequestError,
+    Route,
+    RouteCall,
+    query_choice,
+    query_int,
+)
+from core.serve.ui import UiPage
 from pipelines.vision_qc.data import MIN_SIDE, rgb8
+from pipelines.vision_qc.inspections import InspectionLog
 from pipelines.vision_qc.predict import DefectDetector
+
+ROUTES = (
+    Route("GET", "/v1/inspections", "list"),
+    Route("POST", "/v1/inspections", "inspect"),
+    Route("GET", "/v1/inspections/export", "export"),  # before {inspection_id}: matched first
+    Route("GET", "/v1/inspections/{inspection_id}", "get"),
+    Route("GET", "/v1/inspections/{inspection_id}/image", "image"),
+    Route("POST", "/v1/inspections/{inspection_id}/review", "review"),
+)
+# a QC operator's screen: upload or pick an image -> boxes, scores and the verdict at the
+# operating threshold; a gallery of recent decisions; right/wrong marks; COCO export
+UI = UiPage("Inspections", "pipelines.vision_qc")
+
+
+class _Reply(dict):
+    """A route's answer (sent as it is, beside the model name and version)."""
+
+
+def _missing(iid: str) -> NotFound:
+    return NotFound([{"loc": ["path", "inspection_id"], "msg": f"no inspection {iid!r}"}])
+
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +96,7 @@ class DefectPredictor:
         version: str = "1",
         threads: int | None = None,
         limits: ServeLimits | None = None,
+        inspections: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
@@ -58,19 +104,24 @@ class DefectPredictor:
         self.threads = threads
         self.limits = limits or ServeLimits()
         self.detector: DefectDetector | None = None
+        self.inspections = inspections
+        self.log: InspectionLog | None = None
 
     def load(self) -> None:
         self.detector = DefectDetector(
             self.model_dir, threads=self.threads, max_pixels=self.limits.max_pixels
         )
+        self.log = InspectionLog(self.inspections)
 
     def warmup(self) -> None:
         assert self.detector is not None
         self.detector.detect(np.zeros((self.detector.size, self.detector.size, 3), np.uint8))
 
     def _image(self, data: bytes, loc: list[Any]) -> np.ndarray:
-        from core.serve.predictor import RequestError
+        return self._read(data, loc)[0]
 
+    def _read(self, data: bytes, loc: list[Any]) -> tuple[np.ndarray, str, int, int]:
+        """The image as RGB, its format and size; a 422 naming ``loc`` when it will not do."""
         try:
             with Image.open(io.BytesIO(data)) as im:
                 fmt = im.format
@@ -104,16 +155,65 @@ class DefectPredictor:
                         ]
                     )
                 rgb = rgb8(im)
+                size = im.width, im.height
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise RequestError([{"loc": loc, "msg": f"not a readable image ({exc})"}]) from exc
-        return np.asarray(rgb)
+        return np.asarray(rgb), str(fmt), *size
 
-    def decode(self, body: Any) -> list[np.ndarray]:
+    def _route(self, call: RouteCall) -> list[Any]:
+        assert self.log is not None and self.detector is not None
+        q = call.query
+        if call.route == "inspect":
+            body = call.body
+            if not isinstance(body, MultipartBody) or len(body.files) != 1:
+                raise RequestError([{"loc": ["body", "files"], "msg": "attach one image file (multipart/form-data)"}])  # fmt: skip
+            f = body.files[0]
+            loc = ["body", "files", f.filename or f.field]
+            array, fmt, w, h = self._read(f.data, loc)
+            return [("inspect", (array, f.data, fmt, f.filename, w, h))]
+        if call.route == "list":
+            verdict = query_choice(q, "verdict", ("all", "pass", "fail"))
+            review = query_choice(q, "review", ("all", "open", "decided"))
+            cls = q.get("class") or None
+            if cls is not None and cls not in self.detector.classes:
+                raise RequestError([{"loc": ["query", "class"], "msg": f"must be one of {', '.join(self.detector.classes)}"}])  # fmt: skip
+            limit, offset = query_int(q, "limit", 60, 1, 500), query_int(q, "offset", 0, 0, 10**9)
+            rows = self.log.list(verdict, cls, review, limit, offset)
+            return [("done", _Reply(inspections=rows, classes=self.detector.classes,
+                                    threshold=self.detector.threshold))]  # fmt: skip
+        if call.route == "export":
+            data = self.log.export_coco(self.detector.classes)
+            return [("done", Binary(data, "application/zip", "inspections-coco.zip"))]
+        iid = call.params["inspection_id"]
+        if call.route == "image":
+            got = self.log.image(iid)
+            if got is None:
+                raise _missing(iid)
+            return [("done", Binary(*got))]
+        if call.route == "get":
+            item = self.log.get(iid)
+            if item is None:
+                raise _missing(iid)
+            return [("done", _Reply(item))]
+        body = call.body  # review
+        if not isinstance(body, dict) or not isinstance(body.get("correct"), bool):
+            raise RequestError([{"loc": ["body", "correct"], "msg": 'send {"correct": true} or {"correct": false}'}])  # fmt: skip
+        for name, most in (("note", 2000), ("reviewer", 200)):
+            v = body.get(name)
+            if v is not None and (not isinstance(v, str) or len(v) > most):
+                raise RequestError([{"loc": ["body", name], "msg": f"must be text of at most {most} characters"}])  # fmt: skip
+        try:
+            mark = self.log.review(iid, body["correct"], body.get("note"), body.get("reviewer"))
+        except KeyError:
+            raise _missing(iid) from None
+        return [("done", _Reply(id=iid, review=mark))]
+
+    def decode(self, body: Any) -> list[Any]:
         import base64
         import binascii
 
-        from core.serve.predictor import MultipartBody, RequestError
-
+        if isinstance(body, RouteCall):
+            return self._route(body)
         blobs: list[tuple[list[Any], bytes]] = []
         if isinstance(body, MultipartBody):
             blobs = [(["body", "files", f.filename or f.field], f.data) for f in body.files]
@@ -161,9 +261,28 @@ class DefectPredictor:
             raise RequestError(errors)
         return items
 
-    def predict_batch(self, items: list[np.ndarray]) -> list[dict[str, Any]]:
-        assert self.detector is not None
-        return self.detector.detect_batch(items)
+    def predict_batch(self, items: list[Any]) -> list[Any]:
+        """Images from ``/predict`` and from inspections in one detector batch."""
+        assert self.detector is not None and self.log is not None
+        out: list[Any] = [None] * len(items)
+        todo = []
+        for i, it in enumerate(items):
+            if isinstance(it, tuple) and it[0] == "done":
+                out[i] = it[1]
+            else:
+                todo.append(i)
+        arrays = [items[i] if isinstance(items[i], np.ndarray) else items[i][1][0] for i in todo]
+        for i, res in zip(todo, self.detector.detect_batch(arrays) if arrays else [], strict=True):
+            if isinstance(items[i], np.ndarray):
+                out[i] = res
+            else:
+                _, data, fmt, filename, w, h = items[i][1]
+                out[i] = _Reply(
+                    self.log.record(data, fmt, filename, w, h, res, self.detector.threshold)
+                )
+        return out
 
-    def encode(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def encode(self, outputs: list[Any]) -> dict[str, Any]:
+        if len(outputs) == 1 and isinstance(outputs[0], _Reply):
+            return {"model": self.name, "version": self.version, **outputs[0]}
         return {"model": self.name, "version": self.version, "predictions": outputs}
