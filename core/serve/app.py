@@ -58,6 +58,7 @@ from core.serve.predictor import (
     MultipartBody,
     NotFound,
     Predictor,
+    Ready,
     RequestError,
     Route,
     RouteCall,
@@ -416,22 +417,15 @@ def create_app(
             admitted -= 1
         if isinstance(items, JSONResponse):
             return items
+        if len(items) == 1 and isinstance(items[0], Ready):  # answered by decode: no queue
+            return _answer(pred, route, [items[0].value])
         try:
             outputs = await asyncio.wait_for(batcher.submit(items), cfg.request_timeout_s)
         except QueueFull as exc:
             return error(503, f"server busy: {exc}", {"Retry-After": "1"})
         except TimeoutError:
             return error(504, f"prediction took longer than {cfg.request_timeout_s:g} s")
-        refused = next((o for o in outputs if isinstance(o, RequestError)), None)
-        if refused is not None:  # found under the predictor's lock (a decision made meanwhile)
-            return error(_status(refused), refused.errors)
-        if route is not None and len(outputs) == 1 and isinstance(outputs[0], Binary):
-            out = outputs[0]
-            headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-            if out.filename:
-                headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
-            return Response(out.data, media_type=out.media_type, headers=headers)
-        return JSONResponse(pred.encode(outputs))
+        return _answer(pred, route, outputs)
 
     async def _read_and_decode(
         pred: Predictor, request: Request, call: RouteCall | None = None
@@ -464,6 +458,21 @@ def create_app(
         return await loop.run_in_executor(decode_pool, parse_and_decode, pred, ctype, payload, call)
 
     return app
+
+
+def _answer(pred: Predictor, route: Route | None, outputs: list[Any]) -> Response:
+    """The response for a request's outputs: an error the predictor found in the batch (under
+    its lock: a decision made meanwhile), a route's binary answer, or the encoded JSON."""
+    refused = next((o for o in outputs if isinstance(o, RequestError)), None)
+    if refused is not None:
+        return JSONResponse({"detail": refused.errors}, status_code=_status(refused))
+    if route is not None and len(outputs) == 1 and isinstance(outputs[0], Binary):
+        out = outputs[0]
+        headers = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+        if out.filename:
+            headers["Content-Disposition"] = f'attachment; filename="{out.filename}"'
+        return Response(out.data, media_type=out.media_type, headers=headers)
+    return JSONResponse(pred.encode(outputs))
 
 
 def _status(exc: RequestError) -> int:

@@ -74,6 +74,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """What ``decode`` returns (alone) for a request it has answered itself, such as a read
+    of stored results: it skips the batch queue, so reads never wait behind the model."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
 class Binary:
     """A route's answer that is not JSON (an image, a ZIP), sent as it is."""
 

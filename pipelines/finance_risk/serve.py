@@ -36,6 +36,7 @@ from core.reviews import ReviewStore
 from core.serve.predictor import (
     Conflict,
     NotFound,
+    Ready,
     RequestError,
     Route,
     RouteCall,
@@ -128,7 +129,8 @@ class RiskPredictor:
         ens.score(x, seq)  # state untouched
 
     def _route(self, call: RouteCall) -> list[Any]:
-        """The alert queue's routes: reads are answered here, decisions go to the batch."""
+        """The alert queue's routes: reads are answered here (``Ready``: no queue), decisions
+        go to the batch, under the lock."""
         assert self.reviews is not None and self.scorer is not None
         q, budget = call.query, self.scorer.ensemble.head.budget_per_day
         if call.route == "alerts":
@@ -136,18 +138,18 @@ class RiskPredictor:
             limit, offset = query_int(q, "limit", 100, 1, 1000), query_int(q, "offset", 0, 0, 10**9)
             rows = self.reviews.items("alert", status, limit=limit, offset=offset)
             counts = {k: self.reviews.count("alert", k) for k in ("open", "decided")}
-            return [("done", {"alerts": rows, **counts, "budget_per_day": budget})]
+            return [Ready({"alerts": rows, **counts, "budget_per_day": budget})]
         if call.route == "per_day":
             days = self.reviews.per_day("alert", query_int(q, "days", 30, 1, 366))
             rows = [{"alerts": d.pop("items"), **d} for d in days]
-            return [("done", {"days": rows, "budget_per_day": budget})]
+            return [Ready({"days": rows, "budget_per_day": budget})]
         tid = call.params["transaction_id"]
         item = self.reviews.item("alert", tid)
         if item is None:
             raise _no_alert(tid)
         if call.route == "alert":
             recent = self.reviews.items("tx", group=item["group"], order="time", limit=RECENT)
-            return [("done", {"alert": item, "recent_transactions": recent})]
+            return [Ready({"alert": item, "recent_transactions": recent})]
         body = call.body
         if (
             not isinstance(body, dict)
@@ -220,9 +222,7 @@ class RiskPredictor:
         out: list[Any] = []
         with self._lock:
             for kind, payload in items:
-                if kind == "done":
-                    out.append(payload)
-                elif kind == "decide":
+                if kind == "decide":
                     out.append(self._decide(*payload))
                 elif kind == "label":
                     tid, label, merchant = payload

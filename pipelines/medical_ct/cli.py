@@ -300,27 +300,41 @@ def serve(
     max_voxels: Annotated[int, typer.Option(help="voxels of the uploaded volume")] = 512
     * 512
     * 1000,
+    studies: Annotated[
+        Path | None,
+        typer.Option(
+            help="where segmented studies and reviews are kept; default "
+            "DATA_ROOT/medical_ct/studies"
+        ),
+    ] = None,
 ) -> None:
     """Serve the segmenter over HTTP: POST /v1/models/NAME/predict with a zipped DICOM series
-    or a NIfTI file (multipart); the answer is the nodule list."""
+    or a NIfTI file (multipart); the answer is the nodule list. Studies kept for review at
+    /v1/studies, and the review page at /ui/."""
+    from core.paths import data_root
     from core.serve import ServeConfig
     from core.serve.app import app_for
     from core.serve.server import serve as run_server
-    from pipelines.medical_ct.serve import NodulePredictor, UploadLimits
+    from pipelines.medical_ct.serve import ROUTES, UI, NodulePredictor, UploadLimits
+
+    kept = studies or data_root() / "medical_ct" / "studies"
 
     limits = UploadLimits(max_files=max_files, max_voxels=max_voxels)
     cfg = ServeConfig(
         max_body_bytes=int(max_body_mb * 2**20), max_batch_size=1, request_timeout_s=600.0
     )
     application = app_for(
-        lambda path, n, version: NodulePredictor(path, n, version, limits=limits),
+        lambda path, n, version: NodulePredictor(path, n, version, limits=limits, studies=kept),
         cfg,
         model_dir,
         registry,
         name,
         alias=alias,
         watch_interval_s=10.0,
+        routes=ROUTES,
+        ui=UI,
     )
+    typer.echo(f"review page: http://{host}:{port}/ui/")
     run_server(application, host, port)
 
 

@@ -9,8 +9,22 @@ member whose declared expansion ratio is over ``max_ratio`` is refused before a 
 written (a zip bomb). Extraction goes to a private temporary folder that is removed after
 the volume is read. The volume limit is ``max_voxels``. Every refusal is a 422 naming the
 file and member. The response carries the nodule list and the de-identified study fields
-(:meth:`~pipelines.medical_ct.predict.StudyResult.summary`), never a patient tag. Not here:
-the HTTP server, batching and metrics (``core.serve``), the report files (``report.py``).
+(:meth:`~pipelines.medical_ct.predict.StudyResult.summary`), never a patient tag.
+
+The radiologist's studies (``ROUTES``; the review page ``UI`` at ``/ui/`` uses only these),
+kept in ``studies`` (``studies.StudyArchive``; a temporary folder when not given)::
+
+    POST /v1/studies                           one upload as above -> segmented and kept
+    GET  /v1/studies                           newest first, with review progress
+    GET  /v1/studies/{id}                      nodules with their reviews, shape, windows
+    GET  /v1/studies/{id}/slices/{z}?window=lung|mediastinum|bone     axial slice PNG
+    GET  /v1/studies/{id}/contours/{z}         the predicted outlines on that slice (RGBA PNG)
+    GET  /v1/studies/{id}/report/{md|json|seg} the report as Markdown, JSON or DICOM SEG
+    POST /v1/studies/{id}/nodules/{k}/review   {"accept": true|false, "note"?, "reviewer"?}
+
+Reads (studies, slices, contours, reports, reviews) are answered on the decoding threads
+(``Ready``), never queued behind a study being segmented, so scrolling does not wait. Not here: the HTTP server, batching and metrics (``core.serve``),
+the report files (``report.py``), the archive (``studies.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +32,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import secrets
 import shutil
 import stat
 import tempfile
@@ -27,9 +42,40 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from core.errors import DataError
+from core.serve.predictor import (
+    Binary,
+    MultipartBody,
+    NotFound,
+    Ready,
+    RequestError,
+    Route,
+    RouteCall,
+    query_choice,
+    query_int,
+)
+from core.serve.ui import UiPage
 from pipelines.medical_ct.config import IngestConfig
 from pipelines.medical_ct.data import Volume, read_dicom, read_nifti
 from pipelines.medical_ct.predict import NoduleSegmenter
+from pipelines.medical_ct.studies import REPORTS, WINDOWS, StudyArchive
+
+ROUTES = (
+    Route("GET", "/v1/studies", "list"),
+    Route("POST", "/v1/studies", "add"),
+    Route("GET", "/v1/studies/{study_id}", "get"),
+    Route("GET", "/v1/studies/{study_id}/slices/{z}", "slice"),
+    Route("GET", "/v1/studies/{study_id}/contours/{z}", "contours"),
+    Route("GET", "/v1/studies/{study_id}/report/{kind}", "report"),
+    Route("POST", "/v1/studies/{study_id}/nodules/{nodule}/review", "review"),
+)
+# a radiologist's screen: pick a study, scroll the axial slices under a window, the nodule
+# list beside them (click to jump), predicted contours, accept/reject per nodule, reports
+UI = UiPage("CT studies", "pipelines.medical_ct")
+
+
+class _Reply(dict):
+    """A route's answer (sent as it is, beside the model name and version)."""
+
 
 ZIP_MAGIC = b"PK\x03\x04"
 GZIP_MAGIC = b"\x1f\x8b"
@@ -45,10 +91,12 @@ class UploadLimits:
     max_voxels: int = 512 * 512 * 1000  # of the volume read
 
 
-def _err(loc: list[Any], msg: str) -> Exception:
-    from core.serve.predictor import RequestError
-
+def _err(loc: list[Any], msg: str) -> RequestError:
     return RequestError([{"loc": loc, "msg": msg}])
+
+
+def _missing(what: str, value: str) -> NotFound:
+    return NotFound([{"loc": ["path", what], "msg": f"no {what.replace('_', ' ')} {value!r}"}])
 
 
 def safe_extract(data: bytes, dest: Path, limits: UploadLimits, loc: list[Any]) -> int:
@@ -91,9 +139,15 @@ def safe_extract(data: bytes, dest: Path, limits: UploadLimits, loc: list[Any]) 
     return len(members)
 
 
-def read_upload(name: str, data: bytes, limits: UploadLimits, loc: list[Any]) -> Volume:
-    """The volume in one uploaded file (zip of DICOM, or NIfTI)."""
-    tmp = Path(tempfile.mkdtemp(prefix="dv-ct-upload-"))
+def read_upload(
+    name: str, data: bytes, limits: UploadLimits, loc: list[Any], into: Path | None = None
+) -> Volume:
+    """The volume in one uploaded file (zip of DICOM, or NIfTI). The files are extracted to a
+    temporary folder removed after reading, or to ``into``, kept on success (the caller
+    removes it; a DICOM SEG is written from the source files), removed on a refusal."""
+    tmp = into if into is not None else Path(tempfile.mkdtemp(prefix="dv-ct-upload-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    ok = False
     ingest = IngestConfig(max_voxels=limits.max_voxels, max_files=limits.max_files)
     try:
         if data[:4] == ZIP_MAGIC:
@@ -119,11 +173,13 @@ def read_upload(name: str, data: bytes, limits: UploadLimits, loc: list[Any]) ->
                 )
         else:
             raise _err(loc, "send a zip of one DICOM series or a NIfTI file (.nii / .nii.gz)")
+        ok = True
     except DataError as exc:
         # the message names the temporary path; the client knows its file by name only
         raise _err(loc, str(exc).replace(str(tmp), "<upload>")) from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if into is None or not ok:
+            shutil.rmtree(tmp, ignore_errors=True)
     return vol
 
 
@@ -136,15 +192,19 @@ class NodulePredictor:
         name: str | None = None,
         version: str = "1",
         limits: UploadLimits | None = None,
+        studies: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
         self.version = str(version)
         self.limits = limits or UploadLimits()
         self.segmenter: NoduleSegmenter | None = None
+        self.studies = studies
+        self.archive: StudyArchive | None = None
 
     def load(self) -> None:
         self.segmenter = NoduleSegmenter(self.model_dir)
+        self.archive = StudyArchive(self.studies)
 
     def warmup(self) -> None:
         import numpy as np
@@ -154,9 +214,7 @@ class NodulePredictor:
         sp = self.segmenter.segmenter.cfg.spacing_mm
         self.segmenter.predict(Volume(np.full(roi, -1000, np.float32), sp, (0, 0, 0), np.eye(3)))
 
-    def decode(self, body: Any) -> list[Volume]:
-        from core.serve.predictor import MultipartBody
-
+    def _upload(self, body: Any) -> tuple[str, bytes]:
         if not isinstance(body, MultipartBody) or not body.files:
             raise _err(
                 ["body"],
@@ -165,12 +223,81 @@ class NodulePredictor:
         if len(body.files) != 1:
             raise _err(["body", "files"], f"one study per request ({len(body.files)} files sent)")
         f = body.files[0]
-        name = f.filename or f.field
-        return [read_upload(name, f.data, self.limits, ["body", "files", name])]
+        return f.filename or f.field, f.data
 
-    def predict_batch(self, items: list[Volume]) -> list[dict[str, Any]]:
-        assert self.segmenter is not None
-        return [self.segmenter.predict(v).summary() for v in items]
+    def _route(self, call: RouteCall) -> list[Any]:
+        arc = self.archive
+        assert arc is not None
+        p, q = call.params, call.query
+        if call.route == "list":
+            rows = arc.list(
+                query_int(q, "limit", 100, 1, 1000), query_int(q, "offset", 0, 0, 10**9)
+            )
+            return [Ready(_Reply(studies=rows))]
+        if call.route == "add":
+            name, data = self._upload(call.body)
+            staging = arc.folder / ".incoming" / secrets.token_hex(8)
+            vol = read_upload(name, data, self.limits, ["body", "files", name], into=staging)
+            return [("add", (vol, name, staging))]
+        sid = p["study_id"]
+        study = arc.get(sid)
+        if study is None:
+            raise _missing("study_id", sid)
+        if call.route == "get":
+            return [Ready(_Reply(study=study))]
+        if call.route in ("slice", "contours"):
+            z = p["z"]
+            if not z.isdigit() or int(z) >= study["shape"][0]:
+                raise _err(
+                    ["path", "z"], f"slice must be a whole number from 0 to {study['shape'][0] - 1}"
+                )
+            if call.route == "contours":
+                return [Ready(Binary(arc.contour_png(sid, int(z)), "image/png"))]
+            window = query_choice(q, "window", tuple(WINDOWS))
+            return [Ready(Binary(arc.slice_png(sid, int(z), window), "image/png"))]
+        if call.route == "report":
+            kind = p["kind"]
+            if kind not in REPORTS:
+                raise _err(["path", "kind"], f"must be one of {', '.join(REPORTS)}")
+            try:
+                data, media, filename = arc.report(sid, kind)
+            except KeyError:
+                raise _missing("kind", kind) from None  # a NIfTI study has no DICOM SEG
+            return [Ready(Binary(data, media, filename))]
+        nodule = p["nodule"]  # review
+        if not nodule.isdigit() or int(nodule) not in {n["id"] for n in study["nodules"]}:
+            raise _missing("nodule", nodule)
+        body = call.body
+        if not isinstance(body, dict) or not isinstance(body.get("accept"), bool):
+            raise _err(["body", "accept"], 'send {"accept": true} or {"accept": false}')
+        for field, most in (("note", 2000), ("reviewer", 200)):
+            v = body.get(field)
+            if v is not None and (not isinstance(v, str) or len(v) > most):
+                raise _err(["body", field], f"must be text of at most {most} characters")
+        mark = arc.review(sid, int(nodule), body["accept"], body.get("note"), body.get("reviewer"))
+        return [Ready(_Reply(study_id=sid, nodule=int(nodule), review=mark))]
 
-    def encode(self, outputs: list[dict[str, Any]]) -> dict[str, Any]:
+    def decode(self, body: Any) -> list[Any]:
+        if isinstance(body, RouteCall):
+            return self._route(body)
+        name, data = self._upload(body)
+        return [read_upload(name, data, self.limits, ["body", "files", name])]
+
+    def predict_batch(self, items: list[Any]) -> list[Any]:
+        assert self.segmenter is not None and self.archive is not None
+        out: list[Any] = []
+        for it in items:
+            if isinstance(it, Volume):
+                out.append(self.segmenter.predict(it).summary())
+            else:  # a study to keep: its DICOM files are needed until the SEG is written
+                vol, name, staging = it[1]
+                try:
+                    out.append(_Reply(study=self.archive.add(self.segmenter.predict(vol), name)))
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+        return out
+
+    def encode(self, outputs: list[Any]) -> dict[str, Any]:
+        if len(outputs) == 1 and isinstance(outputs[0], _Reply):
+            return {"model": self.name, "version": self.version, **outputs[0]}
         return {"model": self.name, "version": self.version, "study": outputs[0]}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DataError
-from core.serve.predictor import NotFound, RequestError, Route, RouteCall, query_int
+from core.serve.predictor import NotFound, Ready, RequestError, Route, RouteCall, query_int
 from core.serve.ui import UiPage
 from pipelines.nlp_service.config import DialogueConfig
 from pipelines.nlp_service.predict import DialogueEngine, clean_text
@@ -100,7 +100,7 @@ class DialoguePredictor:
             if body.route == "list":
                 limit = query_int(body.query, "limit", 50, 1, 500)
                 offset = query_int(body.query, "offset", 0, 0, 10**9)
-                return [("done", {"conversations": self.engine.conversations(limit, offset)})]
+                return [Ready({"conversations": self.engine.conversations(limit, offset)})]
             if body.route == "get":
                 cid = body.params["conversation_id"]
                 try:
@@ -111,7 +111,7 @@ class DialoguePredictor:
                     raise NotFound(
                         [{"loc": ["path", "conversation_id"], "msg": "no such conversation"}]
                     )
-                return [("done", conv)]
+                return [Ready(conv)]
             if body.route == "create":
                 payload = body.body if body.body is not None else {}
                 if not isinstance(payload, dict):
@@ -121,7 +121,7 @@ class DialoguePredictor:
                     clean_text(text, self.engine.max_chars)  # refuse before creating
                 cid = self.engine.start()
                 if text is None:
-                    return [("done", {"conversation_id": cid})]
+                    return [Ready({"conversation_id": cid})]
                 return [("turn", self._turn(cid, text, ["body"]))]
             cid = body.params["conversation_id"]
             return [("turn", self._turn(cid, self._text(body.body, ["body"]), ["body"]))]
@@ -162,9 +162,6 @@ class DialoguePredictor:
                     "confidence": round(a.confidence, 4),
                     "slots": [{"slot": s, "value": v} for s, v in a.slots],
                 }
-        for i, (k, p) in enumerate(items):
-            if k == "done":
-                out[i] = p
         return out
 
     def encode(self, outputs: list[Any]) -> dict[str, Any]:

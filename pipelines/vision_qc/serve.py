@@ -35,6 +35,7 @@ from core.serve.predictor import (
     Binary,
     MultipartBody,
     NotFound,
+    Ready,
     RequestError,
     Route,
     RouteCall,
@@ -179,22 +180,22 @@ class DefectPredictor:
                 raise RequestError([{"loc": ["query", "class"], "msg": f"must be one of {', '.join(self.detector.classes)}"}])  # fmt: skip
             limit, offset = query_int(q, "limit", 60, 1, 500), query_int(q, "offset", 0, 0, 10**9)
             rows = self.log.list(verdict, cls, review, limit, offset)
-            return [("done", _Reply(inspections=rows, classes=self.detector.classes,
+            return [Ready(_Reply(inspections=rows, classes=self.detector.classes,
                                     threshold=self.detector.threshold))]  # fmt: skip
         if call.route == "export":
             data = self.log.export_coco(self.detector.classes)
-            return [("done", Binary(data, "application/zip", "inspections-coco.zip"))]
+            return [Ready(Binary(data, "application/zip", "inspections-coco.zip"))]
         iid = call.params["inspection_id"]
         if call.route == "image":
             got = self.log.image(iid)
             if got is None:
                 raise _missing(iid)
-            return [("done", Binary(*got))]
+            return [Ready(Binary(*got))]
         if call.route == "get":
             item = self.log.get(iid)
             if item is None:
                 raise _missing(iid)
-            return [("done", _Reply(item))]
+            return [Ready(_Reply(item))]
         body = call.body  # review
         if not isinstance(body, dict) or not isinstance(body.get("correct"), bool):
             raise RequestError([{"loc": ["body", "correct"], "msg": 'send {"correct": true} or {"correct": false}'}])  # fmt: skip
@@ -206,7 +207,7 @@ class DefectPredictor:
             mark = self.log.review(iid, body["correct"], body.get("note"), body.get("reviewer"))
         except KeyError:
             raise _missing(iid) from None
-        return [("done", _Reply(id=iid, review=mark))]
+        return [Ready(_Reply(id=iid, review=mark))]
 
     def decode(self, body: Any) -> list[Any]:
         import base64
@@ -265,14 +266,8 @@ class DefectPredictor:
         """Images from ``/predict`` and from inspections in one detector batch."""
         assert self.detector is not None and self.log is not None
         out: list[Any] = [None] * len(items)
-        todo = []
-        for i, it in enumerate(items):
-            if isinstance(it, tuple) and it[0] == "done":
-                out[i] = it[1]
-            else:
-                todo.append(i)
-        arrays = [items[i] if isinstance(items[i], np.ndarray) else items[i][1][0] for i in todo]
-        for i, res in zip(todo, self.detector.detect_batch(arrays) if arrays else [], strict=True):
+        arrays = [it if isinstance(it, np.ndarray) else it[1][0] for it in items]
+        for i, res in enumerate(self.detector.detect_batch(arrays)):
             if isinstance(items[i], np.ndarray):
                 out[i] = res
             else:

@@ -13,6 +13,7 @@ import httpx
 from core.serve import (
     Conflict,
     NotFound,
+    Ready,
     RequestError,
     Route,
     RouteCall,
@@ -22,6 +23,7 @@ from core.serve import (
 from core.serve.server import BackgroundServer, wait_until_ready
 
 ROUTES = (
+    Route("GET", "/v1/peek", "peek"),
     Route("POST", "/v1/things/{thing}/echo", "echo"),
     Route("GET", "/v1/things/{thing}", "get"),
 )
@@ -31,6 +33,8 @@ class Things:
     name, version = "things", "1"
 
     def __init__(self, delay: float = 0.0) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
         self.batches: list[int] = []
         self.delay = delay
         self.lock = threading.Lock()
@@ -40,6 +44,8 @@ class Things:
 
     def decode(self, body):
         assert isinstance(body, RouteCall)
+        if body.route == "peek":
+            return [Ready({"batches": len(self.batches)})]
         thing = body.params["thing"]
         if thing == "missing":
             raise NotFound([{"loc": ["path", "thing"], "msg": "no such thing"}])
@@ -50,6 +56,7 @@ class Things:
         return [(body.route, thing, body.body if body.route == "echo" else body.query)]
 
     def predict_batch(self, items):
+        self.gate.wait(30)
         time.sleep(self.delay)
         with self.lock:
             self.batches.append(len(items))
@@ -121,3 +128,18 @@ def test_overload_and_api_key_apply_to_routes(monkeypatch):
         assert httpx.get(f"{srv.url}/v1/things/a", timeout=10).status_code == 401
         ok = httpx.get(f"{srv.url}/v1/things/a", headers={"x-api-key": "k"}, timeout=10)
         assert ok.status_code == 200
+
+
+def test_a_ready_answer_skips_the_queue_while_the_model_is_busy():
+    pred = Things()
+    with _server(pred) as srv:
+        wait_until_ready(srv.url, timeout=30)
+        pred.gate.clear()  # the model is stuck in a batch
+        with cf.ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(httpx.post, f"{srv.url}/v1/things/a/echo", json={}, timeout=30)
+            time.sleep(0.2)
+            peek = httpx.get(f"{srv.url}/v1/peek", timeout=5)  # answered while it waits
+            assert peek.status_code == 200 and peek.json() == {"batches": 0}
+            assert not stuck.done()
+            pred.gate.set()
+            assert stuck.result().status_code == 200

@@ -60,3 +60,52 @@ def series(
             positions = axial_positions(origin, step, len(hu), tilt)
     sp = SeriesSpec(pixel_spacing=spacing, positions=positions, iop=iop, thickness=step, **spec)
     return hu, write_series(hu, sp, out)
+
+
+# ---------------------------------------------------------------- studies for review
+TINY_STUDIES = {"filters": [4, 8, 16], "roi": [16, 32, 32], "spacing_mm": [2.5, 2.5, 2.5]}
+
+
+@pytest.fixture(scope="session")
+def model_and_case(tmp_path_factory):
+    """A tiny model (4 steps) and the phantom case it was trained on (for serving tests)."""
+    from pipelines.medical_ct.synth import write_dataset
+    from pipelines.medical_ct.train import TrainConfig, default_trainer, train
+
+    root = tmp_path_factory.mktemp("ct_studies")
+    write_dataset(small_cfg(out_dir=str(root / "data"), n_cases=1, seed=7))
+    tr = default_trainer()
+    tr.max_steps, tr.progress = 4, "off"
+    _, out = train(
+        TrainConfig(
+            data=str(root / "data"), out_dir=str(root / "model"), model=TINY_STUDIES, trainer=tr
+        )
+    )
+    return out, root / "data" / "case_000"
+
+
+def zipped_series(case) -> bytes:
+    """The case's DICOM files as one zip, as a user uploads them."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted((case / "dicom").rglob("*")):
+            if p.is_file():
+                z.write(p, f"STUDY/{p.relative_to(case / 'dicom')}")
+    return buf.getvalue()
+
+
+def truth(case):
+    """The study with its ground-truth nodules as if predicted: a result with real nodules."""
+    import numpy as np
+
+    from pipelines.medical_ct.data import read_dicom, read_nifti
+    from pipelines.medical_ct.nodules import find_nodules
+    from pipelines.medical_ct.predict import StudyResult
+
+    vol = read_dicom(case / "dicom")
+    mask = read_nifti(case / "mask.nii.gz").array > 0
+    found, labels = find_nodules(mask.astype(np.float32), vol)
+    return StudyResult(vol, found, labels, mask.astype(np.float32), 0.0, {"name": "truth"})

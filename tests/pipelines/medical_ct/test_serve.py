@@ -17,24 +17,8 @@ from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.medical_ct.predict import NoduleSegmenter
 from pipelines.medical_ct.serve import NodulePredictor, UploadLimits
-from pipelines.medical_ct.train import TrainConfig, default_trainer, train
-from tests.pipelines.medical_ct.conftest import small_cfg
 
-TINY = {"filters": [4, 8, 16], "roi": [16, 32, 32], "spacing_mm": [2.5, 2.5, 2.5]}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from pipelines.medical_ct.synth import write_dataset
-
-    root = tmp_path_factory.mktemp("ct_serve")
-    write_dataset(small_cfg(out_dir=str(root / "data"), n_cases=1, seed=5))
-    tr = default_trainer()
-    tr.max_steps, tr.progress = 4, "off"
-    _, out = train(
-        TrainConfig(data=str(root / "data"), out_dir=str(root / "model"), model=TINY, trainer=tr)
-    )
-    return out, root / "data" / "case_000"
+pytestmark = pytest.mark.xdist_group("ct_tiny")
 
 
 def _zip(files: dict[str, bytes], symlink: str | None = None) -> bytes:
@@ -49,8 +33,8 @@ def _zip(files: dict[str, bytes], symlink: str | None = None) -> bytes:
     return buf.getvalue()
 
 
-def test_zip_and_nifti_uploads_over_http_and_hostile_ones(model_dir, tmp_path):
-    model, case = model_dir
+def test_zip_and_nifti_uploads_over_http_and_hostile_ones(model_and_case, tmp_path):
+    model, case = model_and_case
     series = {
         f"PATIENT_X/{p.relative_to(case / 'dicom')}": p.read_bytes()
         for p in (case / "dicom").rglob("*")
