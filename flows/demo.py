@@ -107,7 +107,15 @@ def vision_qc_demo() -> dict:
         "figures in README.md and benchmarks/results/vision_qc.json):\n"
         "  .venv/bin/python benchmarks/vision_qc.py"
     )
+    _review_page("vision-qc", s["int8_dir"])
     return s
+
+
+def _review_page(cli: str, model_dir: str) -> None:
+    Console().print(
+        f"Review it in the browser: .venv/bin/{cli} serve {model_dir}  "
+        "then open http://127.0.0.1:8080/ui/"
+    )
 
 
 def medical_ct_demo() -> dict:
@@ -163,6 +171,7 @@ def medical_ct_demo() -> dict:
         "medical_ct benchmark (figures in README.md and benchmarks/results/medical_ct.json):\n"
         "  .venv/bin/python benchmarks/medical_ct.py"
     )
+    _review_page("medical-ct", s["int8_dir"])
     return s
 
 
@@ -225,6 +234,7 @@ def finance_risk_demo() -> dict:
         "latency, PR-AUC on own and held-out simulators; README.md and "
         "benchmarks/results/finance_risk.json):\n  .venv/bin/python benchmarks/finance_risk.py"
     )
+    _review_page("finance-risk", s["deployed_dir"])
     return s
 
 
@@ -274,6 +284,7 @@ def nlp_service_demo() -> dict:
         "state, INT8 serving; README.md and benchmarks/results/nlp_service.json):\n"
         "  .venv/bin/python benchmarks/nlp_service.py"
     )
+    _review_page("nlp-service", s["deployed_dir"])
     return s
 
 

@@ -70,3 +70,22 @@ def console_errors(driver) -> list[str]:
     except Exception:
         return []
     return [e["message"] for e in logs if e.get("level") == "SEVERE"]
+
+
+_UNLABELLED = """
+const name = (el) => {
+  if (el.getAttribute('aria-label') || el.getAttribute('aria-labelledby')) return true;
+  if (el.id && document.querySelector('label[for="' + el.id + '"]')) return true;
+  if (el.closest('label')) return true;
+  return el.tagName === 'BUTTON' && el.textContent.trim().length > 0;
+};
+return [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((el) => el.type !== 'hidden' && !name(el))
+  .map((el) => el.outerHTML.slice(0, 120));
+"""
+
+
+def unlabelled_controls(driver) -> list[str]:
+    """Form controls and buttons on the page with no accessible name (label, aria-label,
+    or a button's text)."""
+    return driver.execute_script(_UNLABELLED)

@@ -121,6 +121,23 @@ def query_choice(query: dict[str, str], name: str, choices: tuple[str, ...]) -> 
     return raw
 
 
+def review_body(
+    body: Any, field: str, choices: tuple[Any, ...], hint: str
+) -> tuple[Any, str | None, str | None]:
+    """A reviewer's decision ``{field: one of choices, "note"?: text, "reviewer"?: text}`` as
+    ``(value, note, reviewer)``; a 422 naming the field otherwise (``True`` is not ``1``)."""
+    value = body.get(field) if isinstance(body, dict) else None
+    if not any(type(value) is type(c) and value == c for c in choices):
+        raise RequestError([{"loc": ["body", field], "msg": hint}])
+    texts = []
+    for name, most in (("note", 2000), ("reviewer", 200)):
+        v = body.get(name)
+        if v is not None and (not isinstance(v, str) or len(v) > most):
+            raise RequestError([{"loc": ["body", name], "msg": f"{name} must be text of at most {most} characters"}])  # fmt: skip
+        texts.append(v)
+    return value, texts[0], texts[1]
+
+
 class Predictor(Protocol):
     name: str
     version: str

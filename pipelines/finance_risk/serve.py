@@ -42,6 +42,7 @@ from core.serve.predictor import (
     RouteCall,
     query_choice,
     query_int,
+    review_body,
 )
 from core.serve.ui import UiPage
 from pipelines.finance_risk.data import parse_event
@@ -150,20 +151,10 @@ class RiskPredictor:
         if call.route == "alert":
             recent = self.reviews.items("tx", group=item["group"], order="time", limit=RECENT)
             return [Ready({"alert": item, "recent_transactions": recent})]
-        body = call.body
-        if (
-            not isinstance(body, dict)
-            or body.get("label") not in (0, 1)
-            or isinstance(body.get("label"), bool)
-        ):
-            raise _err(
-                ["body", "label"], 'send {"label": 1} for fraud or {"label": 0} for not fraud'
-            )
-        note, reviewer = body.get("note"), body.get("reviewer")
-        for name, value, most in (("note", note, 2000), ("reviewer", reviewer, 200)):
-            if value is not None and (not isinstance(value, str) or len(value) > most):
-                raise _err(["body", name], f"{name} must be text of at most {most} characters")
-        return [("decide", (tid, int(body["label"]), note, reviewer))]
+        label, note, reviewer = review_body(
+            call.body, "label", (0, 1), 'send {"label": 1} for fraud or {"label": 0} for not fraud'
+        )
+        return [("decide", (tid, label, note, reviewer))]
 
     def _decide(self, tid: str, label: int, note: str | None, reviewer: str | None) -> Any:
         """Under the lock: record the decision, then make it a label (a decision is never lost

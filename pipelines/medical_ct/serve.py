@@ -52,6 +52,7 @@ from core.serve.predictor import (
     RouteCall,
     query_choice,
     query_int,
+    review_body,
 )
 from core.serve.ui import UiPage
 from pipelines.medical_ct.config import IngestConfig
@@ -267,14 +268,10 @@ class NodulePredictor:
         nodule = p["nodule"]  # review
         if not nodule.isdigit() or int(nodule) not in {n["id"] for n in study["nodules"]}:
             raise _missing("nodule", nodule)
-        body = call.body
-        if not isinstance(body, dict) or not isinstance(body.get("accept"), bool):
-            raise _err(["body", "accept"], 'send {"accept": true} or {"accept": false}')
-        for field, most in (("note", 2000), ("reviewer", 200)):
-            v = body.get(field)
-            if v is not None and (not isinstance(v, str) or len(v) > most):
-                raise _err(["body", field], f"must be text of at most {most} characters")
-        mark = arc.review(sid, int(nodule), body["accept"], body.get("note"), body.get("reviewer"))
+        accept, note, reviewer = review_body(
+            call.body, "accept", (True, False), 'send {"accept": true} or {"accept": false}'
+        )
+        mark = arc.review(sid, int(nodule), accept, note, reviewer)
         return [Ready(_Reply(study_id=sid, nodule=int(nodule), review=mark))]
 
     def decode(self, body: Any) -> list[Any]:

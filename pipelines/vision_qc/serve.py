@@ -41,6 +41,7 @@ from core.serve.predictor import (
     RouteCall,
     query_choice,
     query_int,
+    review_body,
 )
 from core.serve.ui import UiPage
 from pipelines.vision_qc.data import MIN_SIDE, rgb8
@@ -196,15 +197,11 @@ class DefectPredictor:
             if item is None:
                 raise _missing(iid)
             return [Ready(_Reply(item))]
-        body = call.body  # review
-        if not isinstance(body, dict) or not isinstance(body.get("correct"), bool):
-            raise RequestError([{"loc": ["body", "correct"], "msg": 'send {"correct": true} or {"correct": false}'}])  # fmt: skip
-        for name, most in (("note", 2000), ("reviewer", 200)):
-            v = body.get(name)
-            if v is not None and (not isinstance(v, str) or len(v) > most):
-                raise RequestError([{"loc": ["body", name], "msg": f"must be text of at most {most} characters"}])  # fmt: skip
+        correct, note, reviewer = review_body(  # review
+            call.body, "correct", (True, False), 'send {"correct": true} or {"correct": false}'
+        )
         try:
-            mark = self.log.review(iid, body["correct"], body.get("note"), body.get("reviewer"))
+            mark = self.log.review(iid, correct, note, reviewer)
         except KeyError:
             raise _missing(iid) from None
         return [Ready(_Reply(id=iid, review=mark))]

@@ -85,11 +85,23 @@ const dv = (() => {
     return null;
   }
 
+  // POST the file chosen in ``input`` as multipart. No file, or one over the server's limit,
+  // is refused here with a readable message, and nothing is sent.
+  async function upload(path, input) {
+    const file = input.files[0];
+    if (!file) throw new ApiError(0, "choose a file first");
+    const tooBig = checkUpload(file);
+    if (tooBig) throw new ApiError(413, tooBig);
+    const form = new FormData();
+    form.append("file", file, file.name);
+    return api("POST", path, form);
+  }
+
   function when(seconds) {
     if (seconds === null || seconds === undefined) return "";
     return new Date(seconds * 1000).toLocaleString();
   }
 
   const ready = body.dataset.status === "ready";
-  return { api, notice, el, bytes, checkUpload, when, explain, ready, ApiError };
+  return { api, upload, notice, el, bytes, checkUpload, when, explain, ready, ApiError };
 })();

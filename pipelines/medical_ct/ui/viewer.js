@@ -6,7 +6,7 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const { api, el, notice, bytes, checkUpload } = dv;
+  const { api, el, notice, bytes } = dv;
   let study = null;     // the study shown
   let z = 0;
   let windowName = "lung";
@@ -136,16 +136,10 @@
 
   $("upload").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const file = $("file").files[0];
-    if (!file) { notice("Choose a file first."); return; }
-    const tooBig = checkUpload(file);
-    if (tooBig) { notice(tooBig); return; }
-    const form = new FormData();
-    form.append("file", file, file.name);
     $("add").disabled = true;
     $("working").hidden = false;
     try {
-      const data = await api("POST", "/v1/studies", form);
+      const data = await dv.upload("/v1/studies", $("file"));
       await list();
       await open(data.study.id);
     } catch (err) {

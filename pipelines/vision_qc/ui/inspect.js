@@ -5,7 +5,7 @@
 
 (() => {
   const $ = (id) => document.getElementById(id);
-  const { api, el, notice, bytes, checkUpload } = dv;
+  const { api, el, notice, bytes } = dv;
   const SVG = "http://www.w3.org/2000/svg";
   let current = null;
   let threshold = null;
@@ -84,15 +84,9 @@
 
   $("upload").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const file = $("file").files[0];
-    if (!file) { notice("Choose an image first."); return; }
-    const tooBig = checkUpload(file);
-    if (tooBig) { notice(tooBig); return; }
-    const form = new FormData();
-    form.append("file", file, file.name);
     $("inspect").disabled = true;
     try {
-      const ins = await api("POST", "/v1/inspections", form);
+      const ins = await dv.upload("/v1/inspections", $("file"));
       show(ins);
       notice(null);
       gallery();

@@ -11,7 +11,7 @@ import pytest
 from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.finance_risk.serve import ROUTES, UI, RiskPredictor
-from tests.browser import chromium, console_errors, screenshot, wait_for
+from tests.browser import chromium, console_errors, screenshot, unlabelled_controls, wait_for
 from tests.pipelines.finance_risk.test_alerts import test_events
 
 pytestmark = [pytest.mark.xdist_group("finance_risk_model"), pytest.mark.browser]
@@ -76,6 +76,7 @@ def test_an_analyst_decides_an_alert_from_the_keyboard(trained, tmp_path):
             # the next open alert is shown, ready for the next decision
             wait_for(driver, lambda d: d.find_element(By.ID, "a-tx").text not in ("", second))
             assert console_errors(driver) == []
+            assert unlabelled_controls(driver) == []  # every control has a label
 
         with _server(trained["model"], state) as srv:  # a restart keeps the decision
             wait_until_ready(srv.url, timeout=120)

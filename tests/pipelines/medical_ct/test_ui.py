@@ -11,7 +11,7 @@ from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.medical_ct.serve import ROUTES, UI, NodulePredictor
 from pipelines.medical_ct.studies import StudyArchive
-from tests.browser import chromium, console_errors, screenshot, wait_for
+from tests.browser import chromium, console_errors, screenshot, unlabelled_controls, wait_for
 from tests.pipelines.medical_ct.conftest import truth
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("ct_tiny")]
@@ -85,5 +85,6 @@ def test_a_radiologist_scrolls_a_study_and_accepts_a_nodule(model_and_case, tmp_
             assert set(links) == {"Markdown", "JSON", "DICOM SEG"}
             assert httpx.get(links["DICOM SEG"], timeout=10).status_code == 200
             assert console_errors(driver) == []
+            assert unlabelled_controls(driver) == []  # every control has a label
     finally:
         driver.quit()

@@ -11,7 +11,7 @@ import pytest
 from core.serve import ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.nlp_service.serve import ROUTES, UI, DialoguePredictor
-from tests.browser import chromium, console_errors, screenshot, wait_for
+from tests.browser import chromium, console_errors, screenshot, unlabelled_controls, wait_for
 
 pytestmark = [pytest.mark.xdist_group("nlp_model"), pytest.mark.browser]
 
@@ -71,6 +71,7 @@ def test_a_three_turn_conversation_shows_what_the_service_recorded(trained, tmp_
         wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log li")) == 6)
         assert driver.find_element(By.ID, "intent").text == last["intent"]
         assert console_errors(driver) == []
+        assert unlabelled_controls(driver) == []  # every control has a label
 
 
 def test_a_refused_message_says_why_and_keeps_the_text(trained, tmp_path, driver):

@@ -13,7 +13,7 @@ from core.serve.server import BackgroundServer, wait_until_ready
 from pipelines.vision_qc.data import load_dataset
 from pipelines.vision_qc.serve import ROUTES, UI, DefectPredictor
 from pipelines.vision_qc.train import partition
-from tests.browser import chromium, console_errors, screenshot, wait_for
+from tests.browser import chromium, console_errors, screenshot, unlabelled_controls, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vqc_trained"), pytest.mark.browser]
 
@@ -73,6 +73,7 @@ def test_an_operator_uploads_an_image_and_marks_the_result(trained, tmp_path):
             Select(driver.find_element(By.ID, "f-verdict")).select_by_value(other)
             wait_for(driver, lambda d: d.find_element(By.ID, "gallery-empty").is_displayed())
             assert console_errors(driver) == []
+            assert unlabelled_controls(driver) == []  # every control has a label
 
             # an upload over the body limit: refused in the page, with sizes, nothing sent
             big = tmp_path / "huge.png"
