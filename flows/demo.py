@@ -78,9 +78,12 @@ def vision_qc_demo() -> dict:
         data_dir=str(data_root() / "vision_qc" / "demo"),
         synth=SynthConfig(surfaces=("brushed_metal", "pcb"), n_train_good=24),
         train_cfg=TrainConfig(trainer=trainer),
-        # 26 test images (~30 boxes): one box moves mAP@.5 by ~3 points, so the demo's gate
-        # allows 3 (the product default, 1 point, is for real test sets; see the benchmark)
-        deploy_cfg=DeployConfig(max_map50_drop=0.03),
+        # 26 test images (~30 boxes): one box moves mAP@.5 by ~3 points and box agreement by
+        # ~3, so the demo's gate allows 3 points of mAP and 80% agreement (the product
+        # defaults, 1 point and 90%, are for real test sets; see the benchmark). Measured: a
+        # run that lost 1.2 points of mAP@.5 failed the 90% rule at 31 of 36 boxes, five
+        # boxes whose scores sat at the threshold.
+        deploy_cfg=DeployConfig(max_map50_drop=0.03, min_box_agreement=0.8),
     )
     t = Table(title="DeepVerticals demo — vision_qc flow (held-out synthetic test images)")
     t.add_column("what")

@@ -147,10 +147,15 @@ def serve(
 
 
 def wait_until_ready(
-    url: str, timeout: float = 60.0, proc: Any = None, interval: float = 0.1
+    url: str,
+    timeout: float = 60.0,
+    proc: Any = None,
+    interval: float = 0.1,
+    headers: dict[str, str] | None = None,
 ) -> None:
     """Poll ``url``'s ``/v1/health/ready`` until it answers 200. ``proc`` (a ``Popen`` running
-    the server) ends the wait early if it exits. Raises RuntimeError naming what happened."""
+    the server) ends the wait early if it exits; ``headers`` go with each poll (an API key).
+    Raises RuntimeError naming what happened."""
     import urllib.error
     import urllib.request
 
@@ -159,7 +164,8 @@ def wait_until_ready(
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"the server at {url} exited with status {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/v1/health/ready", timeout=5) as r:
+            req = urllib.request.Request(f"{url}/v1/health/ready", headers=headers or {})
+            with urllib.request.urlopen(req, timeout=5) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -89,3 +89,27 @@ def test_a_refused_message_says_why_and_keeps_the_text(trained, tmp_path, driver
         assert "not sent" in notice.text and "text" in notice.text and "token" in notice.text
         assert box.get_attribute("value") == long  # nothing the reviewer typed is lost
         assert driver.find_elements(By.CSS_SELECTOR, "#log li") == []
+
+
+def test_with_an_api_key_the_page_signs_in_and_its_calls_carry_the_key(
+    trained, tmp_path, driver, monkeypatch
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    monkeypatch.setenv("DV_API_KEY", "correct horse")
+    with _server(trained["model"], tmp_path / "conv.sqlite") as srv:
+        wait_until_ready(srv.url, timeout=120, headers={"x-api-key": "correct horse"})
+        driver.get(srv.url + "/ui/")
+        assert driver.current_url.endswith("/ui/login")
+        key = driver.find_element(By.ID, "key")
+        key.send_keys("wrong", Keys.ENTER)
+        wait_for(driver, lambda d: "not this server" in d.page_source)
+        driver.find_element(By.ID, "key").send_keys("correct horse", Keys.ENTER)
+        box = wait_for(driver, lambda d: d.find_element(By.ID, "message"))
+        assert driver.current_url.endswith("/ui/")
+        box.send_keys("hello", Keys.ENTER)  # a fetch from the page: the cookie carries the key
+        wait_for(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log li")) == 2)
+        assert httpx.get(srv.url + "/v1/conversations", timeout=10).status_code == 401
+        driver.find_element(By.XPATH, "//button[text()='Sign out']").click()
+        wait_for(driver, lambda d: d.current_url.endswith("/ui/login"))
