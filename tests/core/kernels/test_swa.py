@@ -14,6 +14,7 @@ from core.kernels.swa import (
     band_attention_reference,
     dense_mask,
     sliding_window_attention,
+    sliding_window_attention_chunked,
     sliding_window_attention_dense,
 )
 
@@ -73,7 +74,7 @@ def test_reference_and_kernel_match_the_dense_definition(n, d, window, causal, p
     kpm = _padding(2, n, pad)
     gi = torch.tensor(glob) if glob else None
     want = sliding_window_attention_dense(q, k, v, window, causal, gi, kpm)
-    for backend in ("reference", "triton"):
+    for backend in ("chunked", "reference", "triton"):
         got = sliding_window_attention(q, k, v, window, causal, gi, kpm, backend=backend)
         torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=backend)
 
@@ -90,13 +91,26 @@ def test_rows_that_see_nothing_return_zeros_with_finite_gradients():
     q, k, v = qkv(1, 1, 20, 16, grad=True)
     kpm = torch.zeros(1, 20, dtype=torch.bool)
     kpm[0, 8:14] = True  # with window 1, queries 9..12 see only padding
-    for backend in ("reference", "triton"):
+    for backend in ("chunked", "reference", "triton"):
         out = sliding_window_attention(q, k, v, 1, key_padding_mask=kpm, backend=backend)
         assert out[0, 0, 9:13].abs().max() == 0
         out.sum().backward()
         for t in (q, k, v):
             assert torch.isfinite(t.grad).all()
             t.grad = None
+
+
+def test_half_precision_cpu_path_keeps_rows_that_see_nothing_at_zero():
+    # an fp16 mask fill of -1e30 would be -inf, and a row of -inf scores a NaN
+    q, k, v = qkv(1, 2, 40, 16, dtype=torch.float16, seed=6)
+    kpm = torch.zeros(1, 40, dtype=torch.bool)
+    kpm[0, 8:14] = True
+    gi = torch.tensor([10])  # a global token that is padding: its row sees all, no one sees it
+    got = sliding_window_attention(q, k, v, 1, global_idx=gi, key_padding_mask=kpm)
+    assert got.dtype == torch.float16 and torch.isfinite(got).all()
+    assert got[0, :, [9, 11, 12]].abs().max() == 0 and got[0, :, 10].abs().max() > 0
+    want = sliding_window_attention_dense(q.float(), k.float(), v.float(), 1, False, gi, kpm)
+    torch.testing.assert_close(got.float(), want, atol=5e-3, rtol=1e-2)
 
 
 def test_half_precision_kernel_matches_within_fp16_rounding():
@@ -125,7 +139,7 @@ def test_gradients_match_the_dense_definition(n, d, window, causal, pad, glob):
     g = torch.randn(1, 2, n, d, generator=torch.Generator().manual_seed(9))
     (sliding_window_attention_dense(q, k, v, window, causal, gi, kpm) * g).sum().backward()
     want = [t.grad.clone() for t in (q, k, v)]
-    for backend in ("reference", "triton"):
+    for backend in ("chunked", "reference", "triton"):
         for t in (q, k, v):
             t.grad = None
         (
@@ -155,11 +169,17 @@ def test_reference_gradients_pass_gradcheck_in_float64():
     assert torch.autograd.gradcheck(f, (q, k, v), eps=1e-6, atol=1e-5)
 
 
-def test_cpu_dispatch_uses_the_reference_and_bad_shapes_are_named():
-    q, k, v = qkv(1, 1, 8, 16)
-    o1 = sliding_window_attention(q, k, v, 2)
-    o2, _ = band_attention_reference(q, k, v, 2)
-    assert torch.equal(o1, o2)  # CPU tensors: the reference, bit for bit
+def test_cpu_dispatch_uses_the_fused_chunked_path_and_bad_shapes_are_named():
+    q, k, v = qkv(1, 2, 300, 16)
+    gi, kpm = torch.tensor([0, 150, 299]), _padding(1, 300, True)
+    o1 = sliding_window_attention(q, k, v, 20, global_idx=gi, key_padding_mask=kpm)
+    o2 = sliding_window_attention_chunked(q, k, v, 20, global_idx=gi, key_padding_mask=kpm)
+    assert torch.equal(o1, o2)  # CPU tensors: the fused chunked path, bit for bit
+    o3 = sliding_window_attention(q, k, v, 20, False, gi, kpm, backend="reference")
+    assert not torch.equal(o1, o3)  # a different computation ...
+    torch.testing.assert_close(o1, o3, atol=2e-5, rtol=1e-4)  # ... of the same attention
+    with pytest.raises(ConfigError, match="unknown backend"):
+        sliding_window_attention(q, k, v, 2, backend="flash")
     with pytest.raises(ConfigError, match="window must be >= 0"):
         sliding_window_attention(q, k, v, -1)
     with pytest.raises(ConfigError, match=r"one \(B, H, N, D\) shape"):
@@ -168,6 +188,42 @@ def test_cpu_dispatch_uses_the_reference_and_bad_shapes_are_named():
         sliding_window_attention(q, k, v, 2, key_padding_mask=torch.zeros(1, 8))
     with pytest.raises(ConfigError, match="repeated positions"):
         sliding_window_attention(q, k, v, 2, global_idx=torch.tensor([1, 1]))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunk_size_changes_nothing_even_when_globals_straddle_chunks(causal):
+    # globals at chunk edges and inside neighbours' bands, padding that differs per sequence,
+    # a last chunk that is mostly padding: every chunk size gives the dense definition
+    q, k, v = qkv(2, 3, 131, 16, seed=4)
+    kpm = _padding(2, 131, True, seed=5)
+    gi = torch.tensor([0, 6, 7, 8, 63, 64, 130])
+    want = sliding_window_attention_dense(q, k, v, 9, causal, gi, kpm)
+    for chunk in (1, 7, 64, 131, 500):
+        got = sliding_window_attention_chunked(q, k, v, 9, causal, gi, kpm, chunk=chunk)
+        torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=f"chunk {chunk}")
+
+
+def test_the_reused_masks_follow_padding_globals_and_inference_mode():
+    # the layers of one forward reuse one set of masks; a call that differs only in the
+    # padding, in a global position changed in place, or in inference mode must not get them
+    q, k, v = qkv(1, 2, 90, 16, seed=8)
+    gi = torch.tensor([0, 45])
+    kpm = torch.zeros(1, 90, dtype=torch.bool)
+    for step in range(3):
+        if step == 1:
+            kpm[0, 60:] = True  # same shape, same tensor object, other padding
+        if step == 2:
+            gi[1] = 70  # same tensor, changed in place
+        want = sliding_window_attention_dense(q, k, v, 4, False, gi, kpm)
+        for _ in range(2):
+            got = sliding_window_attention(q, k, v, 4, global_idx=gi, key_padding_mask=kpm)
+            torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-4, msg=f"step {step}")
+    kpm[0, 20:30] = True  # queries 24 and 25 see only padding: their zeroing mask is saved too
+    with torch.inference_mode():
+        sliding_window_attention(q, k, v, 4, key_padding_mask=kpm)
+    qg = q.clone().requires_grad_()
+    sliding_window_attention(qg, k, v, 4, key_padding_mask=kpm).sum().backward()
+    assert torch.isfinite(qg.grad).all()
 
 
 def test_chunked_reference_memory_grows_with_window_not_length():
