@@ -6,7 +6,9 @@ Sections (``--sections``, default all; a partial run keeps the other sections' f
 - ``features``: ``compute_features`` (polars) and the pandas reference
   (``tests/pipelines/finance_risk/pandas_reference.py``, the ``groupby().rolling()`` recipe) on
   the same >= 5M generated rows: median of 2 polars runs vs one pandas run, the speed-up, the
-  largest absolute difference and the NaN pattern; then Dask (a ``LocalCluster`` of two
+  largest absolute difference and the NaN pattern; where the two differ most, each rolling
+  sum/mean/std is recomputed exactly from its window's raw amounts (``exact_recheck``: which
+  side is off); then Dask (a ``LocalCluster`` of two
   workers through prefect-dask) on the first million rows' users against one process.
 - ``model``: train on a generated stream (the time split with the label delay), judge on its
   last 21 days: PR-AUC, recall at 1% FPR, the budget figures, per scenario; export parity.
@@ -61,6 +63,70 @@ def _max_diff(a: pl.DataFrame, ref: Any, names: list[str]) -> tuple[float, float
     return worst, worst_rel, where, nan_mismatch
 
 
+def _exact_window_stat(amounts: list[float], stat: str) -> float:
+    """``stat`` of a window's amounts in exact rational arithmetic (std: ddof=1, the one
+    rounding is the final square root)."""
+    import math
+    from fractions import Fraction
+
+    xs = [Fraction(x) for x in amounts]
+    n = len(xs)
+    if stat == "sum":
+        return float(sum(xs, Fraction(0)))
+    if n == 0 or (stat == "std" and n < 2):
+        return float("nan")
+    mean = sum(xs, Fraction(0)) / n
+    if stat == "mean":
+        return float(mean)
+    return math.sqrt(sum(((x - mean) ** 2 for x in xs), Fraction(0)) / (n - 1))
+
+
+def exact_recheck(ours: pl.DataFrame, ref: Any, pdf: Any, cfg: Any, k: int = 25) -> dict:
+    """Which side is off where polars and pandas differ: for every rolling sum, mean and std
+    feature, the ``k`` rows where they differ most are recomputed exactly from the raw
+    amounts of their window (``[t - w, t)`` of the same user, as both define it). Returns the
+    largest error of each side against the exact value over those rows, and per feature."""
+    from pipelines.finance_risk.config import window_seconds
+    from tests.pipelines.finance_risk.pandas_reference import _us
+
+    df = pdf.sort_values(["user_id", "timestamp", "transaction_id"], kind="stable")
+    df = df.reset_index(drop=True)
+    assert df["transaction_id"].tolist() == ref["transaction_id"].tolist()
+    t_us = _us(df["timestamp"])
+    amount = df["amount"].to_numpy(dtype=float)
+    user = df["user_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, user[1:] != user[:-1]])
+    bounds = np.r_[starts, len(df)]
+    per: dict[str, dict[str, float]] = {}
+    for w in cfg.windows:
+        span = window_seconds(w) * 1_000_000
+        for stat in ("sum", "mean", "std"):
+            name = f"{stat}_{w}"
+            x, y = ours[name].to_numpy(), ref[name].to_numpy(dtype=float)
+            d = np.where(np.isnan(x) | np.isnan(y), -1.0, np.abs(x - y))
+            worst = np.argsort(d)[-k:]
+            e_ours = e_pandas = 0.0
+            for i in worst:
+                u = np.searchsorted(bounds, i, side="right") - 1
+                lo, hi = bounds[u], bounds[u + 1]
+                ts = t_us[lo:hi]
+                a = np.searchsorted(ts, t_us[i] - span, side="left") + lo
+                b = np.searchsorted(ts, t_us[i], side="left") + lo  # closed="left": t excluded
+                win = [v for v in amount[a:b] if not np.isnan(v)]
+                exact = _exact_window_stat(win, stat)
+                if np.isnan(exact):
+                    continue
+                e_ours = max(e_ours, abs(float(x[i]) - exact))
+                e_pandas = max(e_pandas, abs(float(y[i]) - exact))
+            per[name] = {"ours": e_ours, "pandas": e_pandas}
+    return {
+        "rows_per_feature": k,
+        "ours_max_abs_error": max(v["ours"] for v in per.values()),
+        "pandas_max_abs_error": max(v["pandas"] for v in per.values()),
+        "per_feature": per,
+    }
+
+
 def features_section(rows: int, work: Path) -> dict[str, Any]:
     from flows.finance_risk import dask_features
     from pipelines.finance_risk.config import FeatureConfig, SynthConfig
@@ -93,6 +159,9 @@ def features_section(rows: int, work: Path) -> dict[str, Any]:
     pandas_s = time.perf_counter() - t
     assert ours["transaction_id"].to_list() == ref["transaction_id"].tolist()
     diff, rel, where, nan_mismatch = _max_diff(ours, ref, names)
+    t = time.perf_counter()
+    exact = exact_recheck(ours, ref, pdf, cfg)
+    exact["seconds"] = round(time.perf_counter() - t, 2)
     del pdf, ref
     first = frame.filter(
         pl.col("user_id").is_in(frame.head(1_000_000)["user_id"].unique().implode())
@@ -112,6 +181,7 @@ def features_section(rows: int, work: Path) -> dict[str, Any]:
         "max_abs_diff_feature": where,
         "max_rel_diff": rel,  # relative above 1
         "nan_pattern_mismatches": nan_mismatch,
+        "exact_recheck": exact,
         "dask_rows": first.height,
         "dask_seconds": round(dask_s, 2),
         "dask_equal": int(on_dask.equals(single)),
