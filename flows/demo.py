@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-DEMO_EPOCHS = 20  # 2 surfaces x 24 normal images, 4 per step: 240 steps (~2 min)
+DEMO_EPOCHS = 16  # 2 surfaces x 24 normal images, 4 per step: 192 steps (~2 min)
 CT_DEMO_STEPS = 300  # 2 patches of 16x48x48 voxels on a 2.5 mm grid per step (~0.2 s each)
 
 
