@@ -270,6 +270,10 @@ def serve(
     max_queue_delay_ms: Annotated[
         float, typer.Option(help="batching wait for the first item")
     ] = 5.0,
+    quiet_gap_ms: Annotated[
+        float,
+        typer.Option(help="send a batch early once no item arrived for this long (0: never)"),
+    ] = 0.0,
     batching: Annotated[
         bool, typer.Option(help="dynamic batching; --no-batching runs each request alone")
     ] = True,
@@ -306,6 +310,7 @@ def serve(
     cfg = ServeConfig(
         max_batch_size=max_batch_size if batching else 1,
         max_queue_delay_ms=max_queue_delay_ms if batching else 0.0,
+        quiet_gap_ms=quiet_gap_ms,
         max_queue=max_queue,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,

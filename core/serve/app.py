@@ -78,6 +78,9 @@ class ServeConfig:
     # of requests takes to arrive: on 2 shared cores, 32 clients' next requests arrive over
     # 10-20 ms, and 5 ms cut them into small batches (benchmarks/serve.py runs 15 ms)
     max_queue_delay_ms: float = 5.0
+    # >0: a batch also goes as soon as no item has arrived for this long, so a window sized for
+    # bursts costs a lone client only the gap (0: always wait the whole window)
+    quiet_gap_ms: float = 0.0
     max_queue: int = 256  # queued items before requests get 503
     max_body_bytes: int = 1 << 20  # request body limit (413 above)
     request_timeout_s: float = 10.0  # per request (504 above)
@@ -98,7 +101,7 @@ class ServeConfig:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1", fix="use a positive limit")
-        for name in ("max_queue_delay_ms", "watch_interval_s", "drain_s"):
+        for name in ("max_queue_delay_ms", "quiet_gap_ms", "watch_interval_s", "drain_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", fix="use 0 to disable it")
         for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
@@ -176,6 +179,7 @@ def create_app(
         cfg.max_queue_delay_ms,
         cfg.max_queue,
         on_batch=metrics.observe_batch,
+        quiet_gap_ms=cfg.quiet_gap_ms,
     )
 
     def load(f: Callable[[], Predictor]) -> str | None:

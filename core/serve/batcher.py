@@ -1,7 +1,9 @@
 """Dynamic batching: many requests' items, one forward.
 
 Items wait in a bounded queue. A worker takes the first item, then keeps collecting until it
-has ``max_batch_size`` items or ``max_queue_delay_ms`` has passed since the first, runs the
+has ``max_batch_size`` items or ``max_queue_delay_ms`` has passed since the first (or, with
+``quiet_gap_ms`` set, no item has arrived for that long: a lone client does not wait out a
+window sized for bursts of concurrent ones), runs the
 batch on the batcher's own model thread (the event loop stays free, and the model never waits
 behind other work in asyncio's shared thread pool), and resolves each item's future. A request
 whose items would overflow ``max_queue`` is refused at once with :class:`QueueFull` (the
@@ -62,10 +64,12 @@ class DynamicBatcher:
         max_queue_delay_ms: float = 5.0,
         max_queue: int = 256,
         on_batch: Callable[[int, list[float]], None] | None = None,
+        quiet_gap_ms: float = 0.0,
     ) -> None:
         self.run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.delay = max_queue_delay_ms / 1000.0
+        self.quiet_gap = quiet_gap_ms / 1000.0  # 0: always wait the whole window
         self.max_queue = max_queue
         self.on_batch = on_batch  # (batch size, queue waits in s) for metrics
         self._queue: asyncio.Queue[_Entry] | None = None
@@ -109,9 +113,10 @@ class DynamicBatcher:
                 while len(batch) < self.max_batch_size and not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                 break
+            wait = min(remaining, self.quiet_gap) if self.quiet_gap > 0 else remaining
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except TimeoutError:
+                batch.append(await asyncio.wait_for(self._queue.get(), wait))
+            except TimeoutError:  # the window is over, or nothing arrived for quiet_gap
                 break
         return [e for e in batch if not e.future.cancelled()]
 

@@ -279,6 +279,8 @@ def test_dv_serve_command_serves_a_model_directory(model_dirs, samples):
             "5",
             "--max-queue",
             "64",
+            "--quiet-gap-ms",
+            "2",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
