@@ -6,8 +6,9 @@ intent predictor: a message in, the nearest of a few intent centroids out. It is
 batching matters: one forward of 16 short messages costs far less than 16 forwards of one.
 
 Three ``core.serve`` servers run in their own processes (``--server``): batching on
-(``max_batch_size`` 32, 15 ms; ``--delay-ms`` changes it), batching off (``max_batch_size`` 1), and a shedding server
-(batching on, ``max_queue`` 32). This process is the load generator: N asyncio clients, each on
+(``max_batch_size`` 32, a 15 ms window and a 4 ms quiet gap; ``--delay-ms`` and
+``--quiet-gap-ms`` change them), batching off (``max_batch_size`` 1), and a shedding server
+(batching on, ``max_queue`` 32, 503s held 250 ms). This process is the load generator: N asyncio clients, each on
 its own keep-alive connection, sending one message per request back to back. For each
 concurrency (1, 8, 32, 64) the on and off servers get alternating blocks in a rotating order
 until each has had ``--seconds`` (default 30) of load, so a slow spell of the machine hits both
@@ -145,6 +146,7 @@ SERVERS = {
         "max_queue_delay_ms": 15.0,
         "quiet_gap_ms": 4.0,
         "max_queue": 32,
+        "shed_delay_ms": 250.0,  # core.serve's default: a 503 is held this long (no CPU)
     },
 }
 

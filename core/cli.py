@@ -278,6 +278,10 @@ def serve(
         bool, typer.Option(help="dynamic batching; --no-batching runs each request alone")
     ] = True,
     max_queue: Annotated[int, typer.Option(help="queued items before 503 Server Busy")] = 256,
+    shed_delay_ms: Annotated[
+        float,
+        typer.Option(help="a 503 for a full queue is sent after this long (slows hammering)"),
+    ] = 250.0,
     max_body_bytes: Annotated[int, typer.Option(help="request body limit (413 above)")] = 1 << 20,
     request_timeout: Annotated[float, typer.Option(help="seconds per request before 504")] = 10.0,
     body_timeout: Annotated[
@@ -312,6 +316,7 @@ def serve(
         max_queue_delay_ms=max_queue_delay_ms if batching else 0.0,
         quiet_gap_ms=quiet_gap_ms,
         max_queue=max_queue,
+        shed_delay_ms=shed_delay_ms,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout,
         body_timeout_s=body_timeout,

@@ -20,7 +20,9 @@ swaps it in between batches, so no request fails.
 
 Overload is shed at admission: when the queued items plus the requests already admitted
 (reading, parsing, decoding) reach ``max_queue``, a request is answered 503 before its body
-is read. Parsing and decoding run on their own small thread pool and the model on its own
+is read, and sent after ``shed_delay_ms`` (250 ms: clients that retry at once without
+honouring ``Retry-After`` then cost the cores a few hundred 503s a second, not thousands, and
+the model keeps its CPU). Parsing and decoding run on their own small thread pool and the model on its own
 single thread (the batcher's), so neither waits behind the other in asyncio's shared pool.
 
 Draining (``app.state.begin_drain()``, called by ``core.serve.server`` on SIGTERM): readiness
@@ -82,6 +84,10 @@ class ServeConfig:
     # bursts costs a lone client only the gap (0: always wait the whole window)
     quiet_gap_ms: float = 0.0
     max_queue: int = 256  # queued items before requests get 503
+    # a shed request's 503 is sent after this long (an asyncio sleep: no CPU, body unread), so
+    # clients that retry at once, ignoring Retry-After, cannot turn the cores into a 503
+    # factory that starves the model (benchmarks/serve.py overload; 0: answer at once)
+    shed_delay_ms: float = 250.0
     max_body_bytes: int = 1 << 20  # request body limit (413 above)
     request_timeout_s: float = 10.0  # per request (504 above)
     body_timeout_s: float = 10.0  # the whole body must arrive within this (408 above)
@@ -101,7 +107,13 @@ class ServeConfig:
         for name in ("max_batch_size", "max_queue", "max_body_bytes", "decode_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1", fix="use a positive limit")
-        for name in ("max_queue_delay_ms", "quiet_gap_ms", "watch_interval_s", "drain_s"):
+        for name in (
+            "max_queue_delay_ms",
+            "quiet_gap_ms",
+            "shed_delay_ms",
+            "watch_interval_s",
+            "drain_s",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0", fix="use 0 to disable it")
         for name in ("request_timeout_s", "body_timeout_s", "header_timeout_s"):
@@ -293,7 +305,13 @@ def create_app(
         msg = f"server busy: {depth} items queued and {admitted} requests admitted (limit {cfg.max_queue})"
         return json.dumps({"detail": msg}).encode()
 
-    app.add_middleware(_Gate, authorized=authorized, draining=draining, shed=shed)
+    app.add_middleware(
+        _Gate,
+        authorized=authorized,
+        draining=draining,
+        shed=shed,
+        shed_delay_s=cfg.shed_delay_ms / 1000.0,
+    )
     if ui is not None:
         mount_ui(app, ui, api_key)
 
@@ -499,8 +517,10 @@ class _Gate:
         authorized: Callable[[Headers], bool],
         draining: threading.Event,
         shed: Callable[[Scope], bytes | None],
+        shed_delay_s: float = 0.0,
     ) -> None:
         self.app, self.authorized, self.draining, self.shed = app, authorized, draining, shed
+        self.shed_delay_s = shed_delay_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -516,6 +536,8 @@ class _Gate:
             return
         busy = self.shed(scope)
         if busy is not None:  # 503 before routing: the body is never read
+            if self.shed_delay_s > 0:  # slows clients that retry at once; costs no CPU
+                await asyncio.sleep(self.shed_delay_s)
             send = self._closing(send)
             headers = [
                 (b"content-type", b"application/json"),

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from core.reference.digits import DigitsConfig, load_digits_splits, train_digits
 from core.serve import ModelDirPredictor, ServeConfig, create_app
 from core.serve.server import BackgroundServer, wait_until_ready
@@ -692,6 +693,41 @@ def test_overload_is_shed_at_admission_before_the_body_is_read(model_dirs, sampl
             metrics = httpx.get(f"{srv.url}/metrics").text
             assert 'dv_requests_total{model="digits",status="503"} 1.0' in metrics
             assert [f.result().status_code for f in busy] == [200, 200, 200]
+
+
+def test_shed_503_is_held_for_shed_delay_without_blocking_the_server(model_dirs, samples):
+    """A request shed while the queue is full gets its 503 only after ``shed_delay_ms`` (so a
+    client that retries at once cannot flood the cores), while the server keeps answering
+    others meanwhile; with 0 the 503 comes at once."""
+    pred = Slow(model_dirs / "v1", name="digits", batch_s=2.5)
+    ok = {"inputs": [samples[0].tolist()]}
+    for delay_ms in (600.0, 0.0):
+        cfg = ServeConfig(max_batch_size=1, max_queue=1, shed_delay_ms=delay_ms)
+        app = create_app(pred, cfg)
+        with BackgroundServer(app) as srv, cf.ThreadPoolExecutor(4) as ex:
+            wait_ready(srv.url)
+            running = [ex.submit(post, srv.url, "digits", ok) for _ in range(2)]
+            deadline = time.monotonic() + 10
+            while app.state.batcher.depth < 1:  # one running, one queued
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            t0 = time.monotonic()
+            shed = ex.submit(post, srv.url, "digits", ok)
+            time.sleep(0.1)
+            live = httpx.get(f"{srv.url}/v1/health/live", timeout=5)
+            live_s = time.monotonic() - t0
+            r = shed.result()
+            waited = time.monotonic() - t0
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert "server busy" in r.json()["detail"]
+            if delay_ms:
+                assert live.status_code == 200 and live_s < 0.5  # not blocked by the held 503
+                assert waited >= 0.6
+            else:
+                assert waited < 0.5
+            assert [f.result().status_code for f in running] == [200, 200]
+    with pytest.raises(ConfigError, match="shed_delay_ms"):
+        ServeConfig(shed_delay_ms=-1)
 
 
 def test_model_and_decoding_run_on_their_own_threads(model_dirs, samples):
