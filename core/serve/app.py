@@ -22,8 +22,9 @@ Overload is shed at admission: when the queued items plus the requests already a
 (reading, parsing, decoding) reach ``max_queue``, a request is answered 503 before its body
 is read, and sent after ``shed_delay_ms`` (250 ms: clients that retry at once without
 honouring ``Retry-After`` then cost the cores a few hundred 503s a second, not thousands, and
-the model keeps its CPU). Parsing and decoding run on their own small thread pool and the model on its own
-single thread (the batcher's), so neither waits behind the other in asyncio's shared pool.
+the model keeps its CPU). Parsing and decoding run on their own small thread pool and the
+model on its own single thread (the batcher's), so neither waits behind the other in
+asyncio's shared pool.
 
 Draining (``app.state.begin_drain()``, called by ``core.serve.server`` on SIGTERM): readiness
 answers 503 and every response carries ``Connection: close``; the batcher finishes what is
