@@ -672,8 +672,13 @@ def test_overload_is_shed_at_admission_before_the_body_is_read(model_dirs, sampl
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         with cf.ThreadPoolExecutor(3) as ex:
-            busy = [ex.submit(post, srv.url, "digits", ok) for _ in range(3)]
+            started = len(pred.batches)
+            busy = [ex.submit(post, srv.url, "digits", ok)]
             deadline = time.monotonic() + 10
+            while len(pred.batches) == started:  # the first is off the queue, running
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            busy += [ex.submit(post, srv.url, "digits", ok) for _ in range(2)]
             while app.state.batcher.depth < 2:  # one running, two queued
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
@@ -701,13 +706,18 @@ def test_shed_503_is_held_for_shed_delay_without_blocking_the_server(model_dirs,
     others meanwhile; with 0 the 503 comes at once."""
     pred = Slow(model_dirs / "v1", name="digits", batch_s=2.5)
     ok = {"inputs": [samples[0].tolist()]}
-    for delay_ms in (600.0, 0.0):
+    for delay_ms in (1500.0, 0.0):
         cfg = ServeConfig(max_batch_size=1, max_queue=1, shed_delay_ms=delay_ms)
         app = create_app(pred, cfg)
         with BackgroundServer(app) as srv, cf.ThreadPoolExecutor(4) as ex:
             wait_ready(srv.url)
-            running = [ex.submit(post, srv.url, "digits", ok) for _ in range(2)]
+            started = len(pred.batches)
+            running = [ex.submit(post, srv.url, "digits", ok)]
             deadline = time.monotonic() + 10
+            while len(pred.batches) == started:  # the first is off the queue, running
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            running.append(ex.submit(post, srv.url, "digits", ok))
             while app.state.batcher.depth < 1:  # one running, one queued
                 assert time.monotonic() < deadline
                 time.sleep(0.02)
@@ -721,10 +731,10 @@ def test_shed_503_is_held_for_shed_delay_without_blocking_the_server(model_dirs,
             assert r.status_code == 503 and r.headers["retry-after"] == "1"
             assert "server busy" in r.json()["detail"]
             if delay_ms:
-                assert live.status_code == 200 and live_s < 0.5  # not blocked by the held 503
-                assert waited >= 0.6
+                assert live.status_code == 200 and live_s < 1.0  # not blocked by the held 503
+                assert waited >= 1.5
             else:
-                assert waited < 0.5
+                assert waited < 1.0
             assert [f.result().status_code for f in running] == [200, 200]
     with pytest.raises(ConfigError, match="shed_delay_ms"):
         ServeConfig(shed_delay_ms=-1)
