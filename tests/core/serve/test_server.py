@@ -63,6 +63,22 @@ def post(url, name, body, **kw):
     return httpx.post(f"{url}/v1/models/{name}/predict", content=json.dumps(body), timeout=30, **kw)
 
 
+def fill_queue(ex, srv, app, pred, body, queued):
+    """One request running in ``pred`` and ``queued`` more waiting: the first is sent alone
+    and seen running before the rest, so none of them can be shed on the way in."""
+    started = len(pred.batches)
+    futures = [ex.submit(post, srv.url, "digits", body)]
+    deadline = time.monotonic() + 10
+    while len(pred.batches) == started:  # the first is off the queue, running
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    futures += [ex.submit(post, srv.url, "digits", body) for _ in range(queued)]
+    while app.state.batcher.depth < queued:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return futures
+
+
 def wait_ready(url, timeout=30):
     wait_until_ready(url, timeout=timeout, interval=0.02)
 
@@ -672,16 +688,7 @@ def test_overload_is_shed_at_admission_before_the_body_is_read(model_dirs, sampl
     with BackgroundServer(app) as srv:
         wait_ready(srv.url)
         with cf.ThreadPoolExecutor(3) as ex:
-            started = len(pred.batches)
-            busy = [ex.submit(post, srv.url, "digits", ok)]
-            deadline = time.monotonic() + 10
-            while len(pred.batches) == started:  # the first is off the queue, running
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            busy += [ex.submit(post, srv.url, "digits", ok) for _ in range(2)]
-            while app.state.batcher.depth < 2:  # one running, two queued
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            busy = fill_queue(ex, srv, app, pred, ok, queued=2)
             with socket.create_connection((srv.host, srv.port), timeout=10) as s:
                 t0 = time.monotonic()
                 s.sendall(
@@ -711,16 +718,7 @@ def test_shed_503_is_held_for_shed_delay_without_blocking_the_server(model_dirs,
         app = create_app(pred, cfg)
         with BackgroundServer(app) as srv, cf.ThreadPoolExecutor(4) as ex:
             wait_ready(srv.url)
-            started = len(pred.batches)
-            running = [ex.submit(post, srv.url, "digits", ok)]
-            deadline = time.monotonic() + 10
-            while len(pred.batches) == started:  # the first is off the queue, running
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
-            running.append(ex.submit(post, srv.url, "digits", ok))
-            while app.state.batcher.depth < 1:  # one running, one queued
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            running = fill_queue(ex, srv, app, pred, ok, queued=1)
             t0 = time.monotonic()
             shed = ex.submit(post, srv.url, "digits", ok)
             time.sleep(0.1)
