@@ -8,7 +8,8 @@ Nothing in ``pipelines/nlp_service`` imports this; training never sees it. It di
 - noise: keyboard-neighbour typos (not swaps and drops), doubled spaces, sentence case,
   e-mail style greetings and signatures ("Kind regards, Tom");
 - slot values: other formats (order numbers like ``SO-2026-00417``, amounts like
-  ``USD 49.99``, dates like ``the 3rd of May``), other products and streets;
+  ``USD 49.99`` — the code a ``currency`` span of its own, as the slot schema has it — dates
+  like ``the 3rd of May``), other products and streets;
 - dialogues: other wordings for giving a value ("the reference is ..."), correcting it
   ("change that to ...", "my mistake, ...") and referring back ("the one from earlier",
   "the original order").
@@ -131,13 +132,27 @@ def _noise(text: str, r: random.Random) -> str:
     return s.replace(" ", "  ", 1) if r.random() < 0.2 else s
 
 
+def _spans(slot: str, v: str, at: int) -> list[Span]:
+    """The spans of a value written at ``at``: a currency code beside an amount is its own
+    ``currency`` span, as the slot schema has it (``"49.99 EUR"`` -> amount + currency)."""
+    m = re.fullmatch(r"([A-Z]{3}) (.+)|(.+) ([A-Z]{3})", v) if slot == "amount" else None
+    if m is None:
+        return [Span(slot, at, at + len(v))]
+    if m.group(1):
+        return [Span("currency", at, at + 3), Span("amount", at + 4, at + len(v))]
+    return [
+        Span("amount", at, at + len(m.group(3))),
+        Span("currency", at + len(v) - 3, at + len(v)),
+    ]
+
+
 def message(intent: str, r: random.Random) -> Example:
     tpl = r.choice(T[intent])
     text, spans = r.choice(_HEAD) if intent not in ("greeting", "goodbye") else "", []
     for part in re.split(r"(\{[a-z_0-9]+\})", tpl):
         if part.startswith("{"):
             v, slot = _val(part[1:-1], r)
-            spans.append(Span(slot, len(text), len(text) + len(v)))
+            spans += _spans(slot, v, len(text))
             text += v
         else:
             text += _noise(part, r)
@@ -169,9 +184,9 @@ def dialogue(r: random.Random) -> Dialogue:
     def turn(text: str, slot: str | None, v: str | None) -> None:
         spans = []
         if slot is not None:
-            a = text.index(v)
-            spans.append(Span(slot, a, a + len(v)))
-            state[slot] = normalize(slot, v)
+            spans = _spans(slot, v, text.index(v))
+            for sp in spans:
+                state[sp.slot] = normalize(sp.slot, text[sp.start : sp.end])
             if slot == "order_id":
                 orders.append(state[slot])
         d.turns.append(Turn(text, intent, spans, dict(state)))

@@ -10,14 +10,17 @@ loaded offline; a saved model directory holds the whole net (``model.safetensors
 encoder config and the tokenizer files, and loads without that package.
 
 Also here: text to tensors (:func:`encode_texts`, long messages keep their *last* tokens),
-character spans to BIO tag ids and back (:func:`tag_targets`, :func:`decode_tags`).
+character spans to BIO tag ids and back (:func:`tag_targets`, :func:`decode_tags`, which reads
+tags word by word so a value the tagger broke into pieces comes back whole).
 Not here: training (``train.py``), the long-context encoder (``long_context.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from torch import nn
 from core.errors import ConfigError, ModelLoadError
 from pipelines.nlp_service.config import TAGS
 from pipelines.nlp_service.data import Span
+from pipelines.nlp_service.state import retype
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -163,25 +167,67 @@ def tag_targets(offsets: np.ndarray, special: np.ndarray, spans: list[list[Span]
     return out
 
 
+# slots whose values are phrases: two tagged words with one untagged word between them
+# ("the 24th of May", "12 Elm Lane, Flat 3") are one value; a gap splits compact values
+_PHRASE_SLOTS = ("date", "address", "product")
+_EDGE = ".,;:!?\"'"
+
+
 def decode_tags(
     tags: np.ndarray, offsets: np.ndarray, special: np.ndarray, text: str
 ) -> list[tuple[str, str]]:
-    """``(slot, surface)`` pairs from one row of tag ids (an ``I-`` without its ``B-`` opens a
-    span; word pieces of one word join)."""
-    out: list[tuple[str, int, int]] = []
+    """``(slot, surface)`` pairs from one row of tag ids, read word by word.
+
+    Token tags vote inside each whitespace-delimited word, weighted by their characters: a
+    word whose tagged characters are at least its untagged ones belongs whole to the slot
+    with most characters (so ``SO-2026-00417`` is one order id even when the tagger split it
+    into pieces it called order id and date); a word mostly untagged keeps only its tagged
+    stretch (``order#123`` -> ``123``). Neighbouring words of one slot join into one value,
+    over one untagged word for phrase slots (:data:`_PHRASE_SLOTS`); quotes and sentence
+    punctuation at a value's edges are dropped."""
+    spans: list[list[Any]] = []  # [slot, start, end, words since the last tagged one]
+    words = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    votes: list[dict[str, int]] = [{} for _ in words]
+    stretch: list[list[int]] = [[] for _ in words]
+    starts = [a for a, _ in words]
     for t, tag_id in enumerate(tags):
         a, z = (int(v) for v in offsets[t])
         if special[t] or z <= a:
             continue
-        tag = TAGS[int(tag_id)]
-        if tag == "O":
+        w = bisect.bisect_right(starts, a) - 1
+        if w < 0 or a >= words[w][1]:
             continue
-        kind, slot = tag.split("-", 1)
-        if out and out[-1][0] == slot and (kind == "I" or a == out[-1][2]):
-            out[-1] = (slot, out[-1][1], z)
+        tag = TAGS[int(tag_id)]
+        slot = "O" if tag == "O" else tag.split("-", 1)[1]
+        votes[w][slot] = votes[w].get(slot, 0) + (z - a)
+        if slot != "O":
+            st = stretch[w]
+            stretch[w] = [min(st[0], a), max(st[1], z)] if st else [a, z]
+    for w, (a, z) in enumerate(words):
+        tagged = {k: v for k, v in votes[w].items() if k != "O"}
+        if not tagged:
+            if spans:
+                spans[-1][3] += 1
+            continue
+        slot = max(tagged, key=lambda k: (tagged[k], k))
+        if sum(tagged.values()) < votes[w].get("O", 0):
+            a, z = stretch[w]
+        last = spans[-1] if spans else None
+        gap = 0 if last is None else last[3]
+        if (
+            last is not None
+            and last[0] == slot
+            and (gap == 0 or (gap == 1 and slot in _PHRASE_SLOTS))
+        ):
+            last[2], last[3] = z, 0
         else:
-            out.append((slot, a, z))
-    return [(s, text[a:z]) for s, a, z in out]
+            spans.append([slot, a, z, 0])
+    out = []
+    for slot, a, z, _ in spans:
+        surface = text[a:z].strip(_EDGE)
+        if surface:
+            out.append((slot, surface))
+    return out
 
 
 # ------------------------------------------------------------------ model directories
@@ -272,6 +318,17 @@ def apply_threshold(
     return pred, conf
 
 
+def _typed(spans: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Spans whose text fits their slot, or retyped by its form (``state.retype``); a stray
+    piece that is no value (``"EUR"`` as an amount) is dropped."""
+    out = []
+    for slot, surface in spans:
+        kind = retype(slot, surface)
+        if kind is not None:
+            out.append((kind, surface))
+    return out
+
+
 class Analyzer:
     """Texts -> :class:`Analysis`, from a model directory: ONNX Runtime on ``model.onnx``
     (``prefer="onnx"``, when present) or PyTorch on ``model.safetensors``; or from a net in
@@ -345,8 +402,13 @@ class Analyzer:
                         self.intents[int(pred[b])],
                         float(conf[b]),
                         [(self.intents[int(j)], float(p[b, j])) for j in order],
-                        decode_tags(
-                            t[b][:n_tok], enc["offsets"][b][:n_tok], enc["special"][b][:n_tok], text
+                        _typed(
+                            decode_tags(
+                                t[b][:n_tok],
+                                enc["offsets"][b][:n_tok],
+                                enc["special"][b][:n_tok],
+                                text,
+                            )
                         ),
                         n_tok >= self.max_tokens,
                     )

@@ -71,3 +71,42 @@ def test_a_truncated_message_and_short_ones_share_a_batch(tok):
         [max(t, 0) for t in tags[2]], enc["offsets"][2], enc["special"][2], texts[2]
     )
     assert back == [("order_id", "12345")]
+
+
+def _tagged(tok, text, pieces):
+    """Tag ids for ``text`` where every token starting inside ``(substring, slot)`` gets
+    ``B-slot`` (a tagger that broke a value into pieces)."""
+    import numpy as np
+
+    enc = M.encode_texts(tok, [text], 64)
+    tags = np.zeros(enc["input_ids"].shape[1], np.int64)
+    for sub, slot in pieces:
+        a = text.index(sub)
+        for t, (x, z) in enumerate(enc["offsets"][0]):
+            if not enc["special"][0][t] and z > x and a <= x < a + len(sub):
+                tags[t] = TAGS.index(f"B-{slot}")
+    return M.decode_tags(tags, enc["offsets"][0], enc["special"][0], text)
+
+
+def test_a_value_the_tagger_broke_into_pieces_is_read_whole(tok):
+    # one word, its pieces called order id and date: the larger share names the whole word
+    assert _tagged(
+        tok, "it should be SO-2026-00417.", [("-2026", "date"), ("-00417", "order_id")]
+    ) == [("order_id", "SO-2026-00417")]
+    assert _tagged(
+        tok, "that was on 22.1.2026", [("22", "date"), (".1", "amount"), (".2026", "date")]
+    ) == [("date", "22.1.2026")]
+    # a word mostly untagged keeps only its tagged stretch
+    assert _tagged(tok, "see order#12345 now", [("12345", "order_id")]) == [("order_id", "12345")]
+    # neighbouring words of one slot are one value; one untagged word between them joins a
+    # phrase slot (a date) but splits a compact one (two order ids)
+    assert _tagged(tok, "I paid 770.35 EUR for it", [("770.35", "amount"), ("EUR", "amount")]) == [
+        ("amount", "770.35 EUR")
+    ]
+    assert _tagged(tok, "it is the 24th of May", [("24th", "date"), ("May", "date")]) == [
+        ("date", "24th of May")
+    ]
+    assert _tagged(tok, "orders 111 and 222", [("111", "order_id"), ("222", "order_id")]) == [
+        ("order_id", "111"),
+        ("order_id", "222"),
+    ]

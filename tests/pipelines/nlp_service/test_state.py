@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.nlp_service.config import SynthConfig
-from pipelines.nlp_service.state import StateTracker, normalize
+from pipelines.nlp_service.state import StateTracker, normalize, retype
 from pipelines.nlp_service.synth import dialogues
 
 
@@ -80,3 +80,60 @@ def test_same_seed_same_dialogues():
     a = [d.to_json() for d in dialogues(SynthConfig(dialogues=20, seed=1))]
     assert a == [d.to_json() for d in dialogues(SynthConfig(dialogues=20, seed=1))]
     assert a != [d.to_json() for d in dialogues(SynthConfig(dialogues=20, seed=2))]
+
+
+@pytest.mark.parametrize(
+    ("slot", "surfaces", "value"),
+    [
+        ("date", ("the 3rd of May", "May 3rd", "3 may", "on the 3rd of may"), "3 may"),
+        ("date", ("Sept 3", "3 sep.", "the 3rd of September"), "3 september"),
+        ("date", ("the day before yesterday", "day before yesterday"), "day before yesterday"),
+        ("order_id", ("number 262848", "#262848", "262848"), "262848"),
+    ],
+)
+def test_one_value_however_it_is_written(slot, surfaces, value):
+    assert {normalize(slot, s) for s in surfaces} == {value}
+
+
+@pytest.mark.parametrize(
+    ("slot", "surface"),
+    [
+        ("amount", "EUR"),
+        ("date", "-"),
+        ("order_id", "number"),
+        ("card_last4", "12"),
+        ("email", "sam@"),
+        ("phone", "555"),
+        ("quantity", "some"),
+    ],
+)
+def test_a_piece_that_cannot_be_a_value_is_no_value(slot, surface):
+    assert normalize(slot, surface) == ""
+    t = StateTracker()
+    t.update("order 5", "order_status", [("order_id", "5"), ("amount", "12")])
+    assert t.update("x", "order_status", [(slot, surface)]) == {"order_id": "5", "amount": "12"}
+
+
+def test_other_words_for_the_first_and_the_previous_value():
+    t = StateTracker()
+    for v in ("111", "222", "333"):
+        t.update(f"order {v}", "order_status", [("order_id", v)])
+    assert t.update("the original order, please", "order_status", [])["order_id"] == "111"
+    assert t.update("go with the one from earlier", "order_status", [])["order_id"] == "333"
+
+
+@pytest.mark.parametrize(
+    ("slot", "surface", "kind"),
+    [
+        ("amount", "25.5.2026", "date"),  # a calendar form is no amount
+        ("phone", "SO-2026-81216", "order_id"),  # a phone number has no letters
+        ("date", "SO-2026-16993", "order_id"),  # digits alone do not make a date
+        ("date", "market", None),  # neither a date nor any form-named slot
+        ("amount", "EUR", None),
+        ("amount", "USD 49.99", "amount"),  # fits its slot: kept
+        ("date", "22.1.2026", "date"),
+        ("order_id", "sam@mail.net", "email"),
+    ],
+)
+def test_a_mistyped_value_is_retyped_by_its_form(slot, surface, kind):
+    assert retype(slot, surface) == kind
