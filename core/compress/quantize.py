@@ -43,6 +43,67 @@ from core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 
+def store_weights_int8(
+    path: str | os.PathLike[str], op_types: tuple[str, ...] = ("ConvTranspose",)
+) -> list[str]:
+    """Weight-only INT8 storage for the float nodes of ``op_types`` in the ONNX model at
+    ``path``, in place: each such node's float weight initializer becomes INT8 with one
+    symmetric scale per output channel, read through a ``DequantizeLinear`` node, so the op
+    still runs in float (for ops ONNX Runtime has no INT8 kernel for, such as
+    ``ConvTranspose``) while its weights take a quarter of the space. Returns the nodes
+    changed. The weights become their INT8 round trip: the same error a quantized op's
+    weights have."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    uses: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    changed, new_nodes = [], []
+    for node in g.node:
+        w_name = node.input[1] if node.op_type in op_types and len(node.input) > 1 else ""
+        init = inits.get(w_name)
+        if init is None or init.data_type != onnx.TensorProto.FLOAT or uses[w_name] != 1:
+            new_nodes.append(node)
+            continue
+        w = numpy_helper.to_array(init)
+        axis = 1 if node.op_type == "ConvTranspose" else 0  # the output-channel axis
+        if int(dict((a.name, a.i) for a in node.attribute).get("group", 1)) != 1:
+            new_nodes.append(node)  # per-channel over a grouped layout: left alone
+            continue
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.abs(w).max(axis=red)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        g.initializer.remove(init)
+        g.initializer.extend([
+            numpy_helper.from_array(q, f"{w_name}_q"),
+            numpy_helper.from_array(scale, f"{w_name}_s"),
+            numpy_helper.from_array(np.zeros_like(scale, np.int8), f"{w_name}_z"),
+        ])  # fmt: skip
+        new_nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{w_name}_q", f"{w_name}_s", f"{w_name}_z"], [w_name],
+            name=f"{node.name}_wdq", axis=axis,
+        ))  # fmt: skip
+        new_nodes.append(node)
+        changed.append(node.name)
+    if changed:
+        del g.node[:]
+        g.node.extend(new_nodes)
+        onnx.checker.check_model(model)
+        tmp = path.with_name(f".tmp-{path.name}")
+        onnx.save(model, str(tmp))
+        os.replace(tmp, path)
+    return changed
+
+
 def cpu_has_vnni(cpuinfo: str | None = None) -> bool:
     """True when the CPU has an 8-bit dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX).
 

@@ -166,6 +166,9 @@ def test_compact_names_shrinks_the_file_and_computes_the_same(trained, tmp_path)
     g = onnx.load(str(q.path)).graph
     assert [i.name for i in g.input] == ["input"] and [o.name for o in g.output] == ["output"]
     assert max(len(n.name) for n in g.node) <= 6
+    # the exporter's per-node module paths and stack traces are gone
+    assert not any(n.metadata_props or n.doc_string for n in g.node)
+    assert b"stack_trace" not in q.path.read_bytes()
     np.testing.assert_array_equal(ort_session(q.path).run(None, {"input": xs})[0], ref)
 
 
@@ -279,3 +282,60 @@ def test_interleaved_latency_times_every_peer_in_rotating_blocks():
     assert [order.count(n) for n in "abc"] == [9, 9, 9]  # 3 rounds x (1 settle + 2 timed)
     # each round runs every peer as one block of 3 calls, starting one further along each time
     assert "".join(order) == "aaabbbccc" + "bbbcccaaa" + "cccaaabbb"
+
+
+def test_weights_stored_int8_for_ops_that_compute_in_float(tmp_path):
+    """``store_weights_int8``: a ConvTranspose (no INT8 kernel in ONNX Runtime) and a Conv
+    keep computing in float from INT8-stored weights; the file loses most of
+    their weight bytes, the output moves by no more than INT8 weights allow, and a weight two
+    nodes share is left alone."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from core.compress.quantize import store_weights_int8
+
+    torch.manual_seed(0)
+
+    class Up(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv3d(2, 16, 3, padding=1)
+            self.up = nn.ConvTranspose3d(16, 8, 2, stride=2)
+
+        def forward(self, x):
+            return self.up(torch.relu(self.down(x)))
+
+    x = torch.randn(1, 2, 4, 8, 8)
+    path = tmp_path / "up.onnx"
+    net = Up().eval()
+    export_onnx(net, x, path)
+    ref = ort_session(path).run(None, {"input": x.numpy()})[0]
+    before = path.stat().st_size
+    changed = store_weights_int8(path, ("Conv", "ConvTranspose"))
+    g = onnx.load(str(path)).graph
+    weight_bytes = 4 * (net.down.weight.numel() + net.up.weight.numel())
+    assert len(changed) == 2 and before - path.stat().st_size > 0.6 * weight_bytes
+    assert {i.data_type for i in g.initializer if len(i.dims) == 5} == {TensorProto.INT8}
+    assert [n.op_type for n in g.node].count("DequantizeLinear") == 2
+    got = ort_session(path).run(None, {"input": x.numpy()})[0]
+    err = np.abs(got - ref).max()
+    assert 0 < err < 0.02 * np.abs(ref).max()
+    assert store_weights_int8(path, ("Gemm",)) == []  # nothing of that type: unchanged
+
+    # one weight feeding two convolutions is not rewritten
+    w = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w")
+    shared = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("Conv", ["x", "w"], ["h"]),
+                helper.make_node("Conv", ["h", "w"], ["y"]),
+            ],
+            "shared",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 3, 3])],
+            [w],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+    )
+    onnx.save(shared, str(tmp_path / "shared.onnx"))
+    assert store_weights_int8(tmp_path / "shared.onnx", ("Conv",)) == []

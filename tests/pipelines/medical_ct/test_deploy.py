@@ -62,18 +62,26 @@ def test_int8_quantizes_only_the_wide_convolutions(trained):
     _, _, rep, root = trained
     g = onnx.load(str(root / "deploy" / "int8" / "model.onnx")).graph
     dims = {i.name: list(i.dims) for i in g.initializer}
+    kinds = {i.name: i.data_type for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     quantized, floating = [], []
     for n in g.node:
         if n.op_type != "Conv":
             continue
-        w = producer.get(n.input[1])
-        if w is not None and w.op_type == "DequantizeLinear":  # INT8 weight
+        w = producer[n.input[1]]
+        assert w.op_type == "DequantizeLinear"  # every weight is stored INT8
+        assert kinds[w.input[0]] == onnx.TensorProto.INT8
+        x = producer.get(n.input[0])
+        if x is not None and x.op_type == "DequantizeLinear":  # INT8 input: computes in INT8
             quantized.append(dims[w.input[0]][0])
         else:
-            floating.append(dims[n.input[1]][0])
+            floating.append(dims[w.input[0]][0])
     assert quantized and min(quantized) >= 16  # 16- and 32-channel convolutions in INT8
-    assert floating and max(floating) < 16  # the 8-channel level and the 2-class head stay float
+    assert floating and max(floating) < 16  # the 8-channel level and the 2-class head: float
+    # the transposed up-convolutions compute in float from INT8-stored weights too
+    ups = [n for n in g.node if n.op_type == "ConvTranspose"]
+    assert ups and all(producer[n.input[1]].op_type == "DequantizeLinear" for n in ups)
+    assert rep.compression["int8_weights_float_compute"] == len(floating) + len(ups)
     assert rep.compression["int8_convs"] == len(quantized)
     # batch norms are folded before quantization: nothing of them is left in the graph
     assert not any(n.op_type == "BatchNormalization" for n in g.node)
