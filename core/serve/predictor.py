@@ -81,6 +81,11 @@ class Ready:
     value: Any
 
 
+class Reply(dict):
+    """A route's answer that a predictor's ``encode`` sends as it is, beside the model name and
+    version (what tells it apart from a prediction, which ``encode`` formats)."""
+
+
 @dataclass(frozen=True)
 class Binary:
     """A route's answer that is not JSON (an image, a ZIP), sent as it is."""

@@ -47,6 +47,7 @@ from core.serve.predictor import (
     MultipartBody,
     NotFound,
     Ready,
+    Reply,
     RequestError,
     Route,
     RouteCall,
@@ -72,10 +73,6 @@ ROUTES = (
 # a radiologist's screen: pick a study, scroll the axial slices under a window, the nodule
 # list beside them (click to jump), predicted contours, accept/reject per nodule, reports
 UI = UiPage("CT studies", "pipelines.medical_ct")
-
-
-class _Reply(dict):
-    """A route's answer (sent as it is, beside the model name and version)."""
 
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -234,7 +231,7 @@ class NodulePredictor:
             rows = arc.list(
                 query_int(q, "limit", 100, 1, 1000), query_int(q, "offset", 0, 0, 10**9)
             )
-            return [Ready(_Reply(studies=rows))]
+            return [Ready(Reply(studies=rows))]
         if call.route == "add":
             name, data = self._upload(call.body)
             staging = arc.folder / ".incoming" / secrets.token_hex(8)
@@ -245,7 +242,7 @@ class NodulePredictor:
         if study is None:
             raise _missing("study_id", sid)
         if call.route == "get":
-            return [Ready(_Reply(study=study))]
+            return [Ready(Reply(study=study))]
         if call.route in ("slice", "contours"):
             z = p["z"]
             if not z.isdigit() or int(z) >= study["shape"][0]:
@@ -272,7 +269,7 @@ class NodulePredictor:
             call.body, "accept", (True, False), 'send {"accept": true} or {"accept": false}'
         )
         mark = arc.review(sid, int(nodule), accept, note, reviewer)
-        return [Ready(_Reply(study_id=sid, nodule=int(nodule), review=mark))]
+        return [Ready(Reply(study_id=sid, nodule=int(nodule), review=mark))]
 
     def decode(self, body: Any) -> list[Any]:
         if isinstance(body, RouteCall):
@@ -289,12 +286,12 @@ class NodulePredictor:
             else:  # a study to keep: its DICOM files are needed until the SEG is written
                 vol, name, staging = it[1]
                 try:
-                    out.append(_Reply(study=self.archive.add(self.segmenter.predict(vol), name)))
+                    out.append(Reply(study=self.archive.add(self.segmenter.predict(vol), name)))
                 finally:
                     shutil.rmtree(staging, ignore_errors=True)
         return out
 
     def encode(self, outputs: list[Any]) -> dict[str, Any]:
-        if len(outputs) == 1 and isinstance(outputs[0], _Reply):
+        if len(outputs) == 1 and isinstance(outputs[0], Reply):
             return {"model": self.name, "version": self.version, **outputs[0]}
         return {"model": self.name, "version": self.version, "study": outputs[0]}

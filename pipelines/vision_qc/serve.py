@@ -36,6 +36,7 @@ from core.serve.predictor import (
     MultipartBody,
     NotFound,
     Ready,
+    Reply,
     RequestError,
     Route,
     RouteCall,
@@ -59,10 +60,6 @@ ROUTES = (
 # a QC operator's screen: upload or pick an image -> boxes, scores and the verdict at the
 # operating threshold; a gallery of recent decisions; right/wrong marks; COCO export
 UI = UiPage("Inspections", "pipelines.vision_qc")
-
-
-class _Reply(dict):
-    """A route's answer (sent as it is, beside the model name and version)."""
 
 
 def _missing(iid: str) -> NotFound:
@@ -181,8 +178,8 @@ class DefectPredictor:
                 raise RequestError([{"loc": ["query", "class"], "msg": f"must be one of {', '.join(self.detector.classes)}"}])  # fmt: skip
             limit, offset = query_int(q, "limit", 60, 1, 500), query_int(q, "offset", 0, 0, 10**9)
             rows = self.log.list(verdict, cls, review, limit, offset)
-            return [Ready(_Reply(inspections=rows, classes=self.detector.classes,
-                                    threshold=self.detector.threshold))]  # fmt: skip
+            return [Ready(Reply(inspections=rows, classes=self.detector.classes,
+                                threshold=self.detector.threshold))]  # fmt: skip
         if call.route == "export":
             data = self.log.export_coco(self.detector.classes)
             return [Ready(Binary(data, "application/zip", "inspections-coco.zip"))]
@@ -196,7 +193,7 @@ class DefectPredictor:
             item = self.log.get(iid)
             if item is None:
                 raise _missing(iid)
-            return [Ready(_Reply(item))]
+            return [Ready(Reply(item))]
         correct, note, reviewer = review_body(  # review
             call.body, "correct", (True, False), 'send {"correct": true} or {"correct": false}'
         )
@@ -204,7 +201,7 @@ class DefectPredictor:
             mark = self.log.review(iid, correct, note, reviewer)
         except KeyError:
             raise _missing(iid) from None
-        return [Ready(_Reply(id=iid, review=mark))]
+        return [Ready(Reply(id=iid, review=mark))]
 
     def decode(self, body: Any) -> list[Any]:
         import base64
@@ -269,12 +266,12 @@ class DefectPredictor:
                 out[i] = res
             else:
                 _, data, fmt, filename, w, h = items[i][1]
-                out[i] = _Reply(
+                out[i] = Reply(
                     self.log.record(data, fmt, filename, w, h, res, self.detector.threshold)
                 )
         return out
 
     def encode(self, outputs: list[Any]) -> dict[str, Any]:
-        if len(outputs) == 1 and isinstance(outputs[0], _Reply):
+        if len(outputs) == 1 and isinstance(outputs[0], Reply):
             return {"model": self.name, "version": self.version, **outputs[0]}
         return {"model": self.name, "version": self.version, "predictions": outputs}
