@@ -175,11 +175,19 @@ def compact_names(path: str | os.PathLike[str]) -> dict[str, int]:
     for v in g.input:  # initializers listed as inputs (older opsets)
         if v.name in names:
             v.name = names[v.name]
+    save_checked(model, path)
+    return {"bytes_before": before, "bytes_after": path.stat().st_size}
+
+
+def save_checked(model: Any, path: Path) -> None:
+    """Check an edited ONNX model and write it over ``path`` atomically (a reader never sees
+    half a file; a model that fails the checker is not written)."""
+    import onnx
+
     onnx.checker.check_model(model)
     tmp = path.with_name(f".tmp-{path.name}")
     onnx.save(model, str(tmp))
     os.replace(tmp, path)
-    return {"bytes_before": before, "bytes_after": path.stat().st_size}
 
 
 @torch.no_grad()

@@ -56,6 +56,8 @@ def store_weights_int8(
     import onnx
     from onnx import helper, numpy_helper
 
+    from core.compress.export import save_checked
+
     path = Path(path)
     model = onnx.load(str(path))
     g = model.graph
@@ -68,14 +70,17 @@ def store_weights_int8(
     for node in g.node:
         w_name = node.input[1] if node.op_type in op_types and len(node.input) > 1 else ""
         init = inits.get(w_name)
-        if init is None or init.data_type != onnx.TensorProto.FLOAT or uses[w_name] != 1:
+        grouped = any(a.name == "group" and a.i != 1 for a in node.attribute)
+        if (
+            init is None
+            or init.data_type != onnx.TensorProto.FLOAT
+            or uses[w_name] != 1  # shared: another node reads it as float
+            or grouped  # per-channel scales over a grouped layout: left alone
+        ):
             new_nodes.append(node)
             continue
         w = numpy_helper.to_array(init)
         axis = 1 if node.op_type == "ConvTranspose" else 0  # the output-channel axis
-        if int(dict((a.name, a.i) for a in node.attribute).get("group", 1)) != 1:
-            new_nodes.append(node)  # per-channel over a grouped layout: left alone
-            continue
         red = tuple(i for i in range(w.ndim) if i != axis)
         amax = np.abs(w).max(axis=red)
         scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
@@ -97,10 +102,7 @@ def store_weights_int8(
     if changed:
         del g.node[:]
         g.node.extend(new_nodes)
-        onnx.checker.check_model(model)
-        tmp = path.with_name(f".tmp-{path.name}")
-        onnx.save(model, str(tmp))
-        os.replace(tmp, path)
+        save_checked(model, path)
     return changed
 
 

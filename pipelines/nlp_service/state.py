@@ -3,8 +3,9 @@
 :func:`normalize` turns a tagged surface string into the value the state keeps (``"three"`` ->
 ``"3"``, ``"$45.20"`` -> ``"45.20"``, ``"#4821"`` -> ``"4821"``, ``"£"``/``"pounds"`` ->
 ``"GBP"``, ``"the 3rd of May"``/``"May 3rd"`` -> ``"3 may"``), or into ``""`` when the text
-cannot be a value of that slot (a tagger's stray piece: an amount ``"EUR"``, a date ``"-"``). :class:`StateTracker` applies one turn (its text, intent and slot spans from the
-tagger) to the state:
+cannot be a value of that slot (a tagger's stray piece: an amount ``"EUR"``, a date ``"-"``);
+:func:`retype` gives a mistyped value the slot its form names. :class:`StateTracker` applies
+one turn (its text, intent and slot spans from the tagger) to the state:
 
 * a new value for a slot replaces the old one (corrections such as "actually make that
   three" need nothing more once the tagger marks "three"); every value given is appended to
