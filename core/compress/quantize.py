@@ -70,12 +70,10 @@ def store_weights_int8(
     for node in g.node:
         w_name = node.input[1] if node.op_type in op_types and len(node.input) > 1 else ""
         init = inits.get(w_name)
-        grouped = any(a.name == "group" and a.i != 1 for a in node.attribute)
         if (
             init is None
             or init.data_type != onnx.TensorProto.FLOAT
             or uses[w_name] != 1  # shared: another node reads it as float
-            or grouped  # per-channel scales over a grouped layout: left alone
         ):
             new_nodes.append(node)
             continue
