@@ -58,6 +58,11 @@ def test_generator_draws_every_scenario_with_delayed_labels():
     assert delay.min() >= 1.0 and delay.max() <= 20.0 and delay.std() > 2
     assert df["transaction_id"].n_unique() == df.height
     assert df["timestamp"].is_sorted()
+    # a bust-out runs 14-28 days: in a 30-day stream many are still running at the end, and
+    # their later transactions fall after it, not on its last second
+    end = dt.datetime(2024, 1, 31, tzinfo=dt.UTC)
+    assert df["timestamp"].max() < end
+    assert fraud.group_by("timestamp").len()["len"].max() <= 2, "frauds piled on one second"
 
 
 def test_a_users_own_layout_loads_through_a_mapping(tmp_path):
