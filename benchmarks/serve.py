@@ -202,7 +202,7 @@ def model_ceiling(bodies: list[bytes], threads: int, batch: int) -> dict[str, fl
         t = interleaved_latency(
             {"1": lambda: run(1), str(batch): lambda: run(batch)}, rounds=6, block=12
         )
-        peak = matmul_gflops(threads)
+        peak = matmul_gflops()
     finally:
         torch.set_num_threads(prev)
     one, many = 1 / t["1"], batch / t[str(batch)]
@@ -216,9 +216,8 @@ def model_ceiling(bodies: list[bytes], threads: int, batch: int) -> dict[str, fl
         # ``batch``, against what this machine's cores do at all (a large fp32 matmul). Both
         # sides do the same arithmetic per message, so ``ratio`` is the ratio of the two
         # rates; no batch runs faster than the peak, so no batching gains more than
-        # ``bound`` = peak / batch-1 rate. The GEMMs of one ~16-token message already run
-        # at a fifth of the peak; those of a 32-message batch (~500 x 384) reach about
-        # two thirds of it, not all.
+        # ``bound`` = peak / batch-1 rate. One ~16-token message already runs at about a
+        # fifth of the peak; how close the batched side comes is ``batched_of_peak``.
         "gflops_batch1": one * flops / 1e9,
         "gflops_batched": many * flops / 1e9,
         "matmul_peak_gflops": peak,
@@ -235,12 +234,11 @@ def encoder_flops(tokens: int, config: Any) -> float:
     return n * (2 * tokens * (4 * d * d + 2 * d * ff) + 4 * tokens * tokens * d)
 
 
-def matmul_gflops(threads: int, size: int = 2048) -> float:
-    """The best of five fp32 ``size`` x ``size`` matmuls on ``threads`` threads, in GFLOP/s:
-    what the cores deliver when nothing but arithmetic runs."""
+def matmul_gflops(size: int = 2048) -> float:
+    """The best of five fp32 ``size`` x ``size`` matmuls on torch's current threads, in
+    GFLOP/s: what the cores deliver when nothing but arithmetic runs."""
     import torch
 
-    torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     a @ b
     best = float("inf")
